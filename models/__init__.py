@@ -1,0 +1,1 @@
+"""Learned scalable image compression with latent-feature reuse and prediction (TF2)."""
