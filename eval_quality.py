@@ -1,0 +1,38 @@
+"""Evaluate a quality-scalable model: compress, write one stream per layer, decode, measure.
+
+Example:
+  python eval_quality.py --input_image kodak/ --output_folder out --checkpoint_dir runs/quality
+  python eval_quality.py --decompress --num_layers 1 --output_folder out --checkpoint_dir runs/quality
+"""
+
+from models import cli
+from models.bitstream import BitstreamError
+from models.checkpoints import CheckpointError
+from models.config import ConfigError
+from models.image import ImageError
+
+
+def parse_args(argv):
+    parser = cli.parser(__doc__.splitlines()[0])
+    parser.add_argument("--input_image", default=None,
+                        help="An image file, a folder of images or a glob.")
+    cli.add_eval_flags(parser, "quality")
+    return parser.parse_args(argv[1:])
+
+
+def main(args):
+    from models import evaluation
+    from models.image import list_images
+    if not args.decompress and not args.input_image:
+        raise ConfigError("--input_image is required (or --decompress to decode existing "
+                          "streams)")
+    inputs = None if args.decompress else list_images(args.input_image)
+    codec = cli.load_codec(args, "quality")
+    if args.decompress:
+        evaluation.decompress_folders(codec, args.output_folder, args.num_layers)
+    else:
+        evaluation.evaluate(codec, inputs, args.output_folder, args.num_layers)
+
+
+if __name__ == "__main__":
+    cli.run(main, parse_args, (ConfigError, CheckpointError, ImageError, BitstreamError))

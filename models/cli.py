@@ -1,0 +1,157 @@
+"""Flags and error handling shared by the command-line scripts."""
+
+import os
+import sys
+
+# TensorFlow prints CUDA/cuDNN registration noise at import; keep the console for our output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app  # noqa: E402
+from absl.flags import argparse_flags  # noqa: E402
+
+from models.config import DEFAULTS, ConfigError, ModelConfig  # noqa: E402
+from models.entropy import ENTROPY_MODELS  # noqa: E402
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def layer_names(count):
+    """B, e1, e2, ... for `count` layers."""
+    return ["B"] + [f"e{k}" for k in range(1, count)]
+
+
+def _int_list(text):
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _float_list(text):
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def parser(description):
+    return argparse_flags.ArgumentParser(
+        description=description, formatter_class=argparse_flags.argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_layer_flags(parser, mode, with_defaults=True):
+    """The authors' per-layer flags (--num_filters_B, --lmbdaB, --lmbda1, ...) plus lists.
+
+    with_defaults=False (evaluation) leaves them unset so the saved configuration rules.
+    """
+    defaults = DEFAULTS[mode]
+    names = defaults["layer_names"]
+    for name, filters in zip(names, defaults["filters"]):
+        parser.add_argument(f"--num_filters_{name}", type=int,
+                            default=filters if with_defaults else None,
+                            help=f"Filters of layer {name}.")
+    parser.add_argument(
+        "--filters", type=_int_list, default=None,
+        help="Comma-separated filters per layer, base first (e.g. 8,16 for a 2-layer model); "
+             "overrides the --num_filters_* flags and sets the number of layers.")
+    if with_defaults:
+        for k, (name, lmbda) in enumerate(zip(names, defaults["lmbdas"])):
+            flag = "lmbdaB" if k == 0 else f"lmbda{k}"
+            parser.add_argument(f"--{flag}", type=float, default=lmbda,
+                                help=f"Rate weight of layer {name} (larger = fewer bits).")
+        parser.add_argument(
+            "--lmbdas", type=_float_list, default=None,
+            help="Comma-separated lambdas per layer, base first; goes with --filters.")
+    parser.add_argument("--entropy_model", choices=ENTROPY_MODELS,
+                        default="hyperprior" if with_defaults else None,
+                        help="Entropy model of every layer.")
+
+
+def requested_filters(args, mode):
+    """Filters the user asked for: --filters, else the per-layer flags (None where unset)."""
+    if args.filters:
+        return args.filters
+    filters = [getattr(args, f"num_filters_{name}") for name in DEFAULTS[mode]["layer_names"]]
+    return None if any(f is None for f in filters) else filters
+
+
+def config_from_flags(args, mode):
+    """The ModelConfig the training flags describe."""
+    default_names = DEFAULTS[mode]["layer_names"]
+    filters = requested_filters(args, mode)
+    lmbdas = args.lmbdas or [getattr(args, "lmbdaB" if k == 0 else f"lmbda{k}")
+                             for k in range(len(default_names))]
+    if len(lmbdas) != len(filters):
+        raise ConfigError(f"--filters gives {len(filters)} layers but there are "
+                             f"{len(lmbdas)} lambdas: give --lmbdas with one value per layer")
+    if mode == "spatial" and len(filters) < 2:
+        raise ConfigError("a spatial-scalable model needs at least 2 layers")
+    return ModelConfig(mode=mode, layer_names=layer_names(len(filters)), filters=filters,
+                       lmbdas=lmbdas, entropy_model=args.entropy_model)
+
+
+def run(main, parse_args, errors):
+    """Run an absl main; the given error types become one 'error: ...' line and exit 1."""
+    def guarded(args):
+        try:
+            return main(args)
+        except errors as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr, flush=True)
+            sys.exit(EXIT_INTERRUPTED)
+    app.run(guarded, flags_parser=parse_args)
+
+
+def add_training_flags(parser):
+    """Flags common to both train scripts."""
+    parser.add_argument("--last_step", type=int, default=20000, help="Train up to this step.")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="Adam learning rate.")
+    parser.add_argument("--preprocess_threads", type=int, default=16,
+                        help="Parallel image decoding calls.")
+    parser.add_argument("--checkpoint_secs", type=float, default=300,
+                        help="Seconds between checkpoints (one is also saved at the end).")
+    parser.add_argument("--log_every", type=int, default=100,
+                        help="Steps between progress lines and TensorBoard summaries.")
+    parser.add_argument("--seed", type=int, default=None, help="Seed of the data order and crops.")
+    parser.add_argument("--verbose", "-V", action="store_true",
+                        help="Progress every 10 steps and TensorFlow's own log messages.")
+
+
+def check_training_flags(args):
+    """Reject values no training can use; apply --verbose."""
+    for name in ("batchsize", "patchsize", "last_step", "preprocess_threads", "log_every"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1 (got {getattr(args, name)})")
+    if args.patchsize % 16:
+        raise ConfigError(f"--patchsize {args.patchsize} must be a multiple of 16 "
+                          "(the analysis transform downsamples by 16)")
+    if args.learning_rate <= 0 or args.checkpoint_secs < 0:
+        raise ConfigError("--learning_rate must be positive and --checkpoint_secs non-negative")
+    if args.verbose:
+        args.log_every = min(args.log_every, 10)
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        import tensorflow as tf
+        tf.get_logger().setLevel("ERROR")
+
+
+def add_eval_flags(parser, mode):
+    """Flags common to both eval scripts (filters are optional: the saved config rules)."""
+    parser.add_argument("--output_folder", default="output",
+                        help="Where streams, reconstructions and results.json go (one "
+                             "subfolder per image when several are given).")
+    parser.add_argument("--checkpoint_dir", default="train",
+                        help="A directory written by the matching train script.")
+    add_layer_flags(parser, mode, with_defaults=False)
+    parser.add_argument("--decompress", action="store_true",
+                        help="Only decode the streams in --output_folder (as a receiver "
+                             "would: no input image needed) and write the rec PNGs.")
+    parser.add_argument("--num_layers", type=int, default=None,
+                        help="Decode only the first k layers (reads only their streams).")
+
+
+def load_codec(args, mode):
+    """The trained model of --checkpoint_dir as a Codec, checked against explicit flags."""
+    import tensorflow as tf
+    tf.get_logger().setLevel("ERROR")
+    from models.checkpoints import load_trained_model
+    from models.evaluation import Codec
+    requested = dict(filters=requested_filters(args, mode), entropy_model=args.entropy_model)
+    return Codec(load_trained_model(args.checkpoint_dir, mode, **requested))

@@ -1,0 +1,228 @@
+"""The evaluation driver of both eval scripts: compress, write streams, decode, measure.
+
+Per image the encoder writes one stream per layer (`stream_<name>.tfci`); the decoder then
+reads those files back (checked headers, see models/bitstream.py), decodes the first k
+layers and writes `rec_<name>.png` at each layer's exact size. Metrics compare those PNG
+pixels with the input (or the input's pyramid level in spatial mode).
+"""
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from models import bitstream, metrics
+from models.config import ConfigError
+from models.image import ImageError, pad_to_multiple, read_image, write_file_atomic, write_png
+from models.scalable import PAD_MULTIPLE
+
+RESULTS_NAME = "results.json"
+FIELDS = ("eval_bpp", "actual_bpp", "bytes", "psnr", "ms_ssim")
+SPATIAL_FIELDS = ("height", "width", "layer_bpp")
+
+
+def rec_filename(layer_name):
+    return f"rec_{layer_name}.png"
+
+
+def _finite_or_none(value):
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+class Codec:
+    """A trained model plus what its streams must carry (digests), for one mode."""
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+        self.config_digest = self.config.digest()
+        self.weights_digest = model.weights_digest()
+
+    def check_num_layers(self, num_layers):
+        """The number of layers to decode: all when None; a clear error when out of range."""
+        n = self.config.num_layers
+        if num_layers is None:
+            return n
+        if not 1 <= num_layers <= n:
+            raise ConfigError(f"--num_layers {num_layers} is out of range: this model has "
+                             f"{n} layers ({', '.join(self.config.layer_names)})")
+        return num_layers
+
+    def encode(self, levels, folder):
+        """Code the image's levels (one uint8 array per layer) into stream files in `folder`.
+
+        Returns per layer (bytes written, estimated bits, encoder-side reconstruction).
+        """
+        padded = [pad_to_multiple(level, PAD_MULTIPLE) for level in levels]
+        codes = self.model.compress(padded)
+        os.makedirs(folder, exist_ok=True)
+        results, parent = [], bitstream.BASE_PARENT_DIGEST
+        for k, (name, level, code) in enumerate(zip(self.config.layer_names, levels, codes)):
+            stream = bitstream.LayerStream(
+                mode=self.config.mode, layer_index=k, layer_name=name,
+                num_layers=self.config.num_layers, config_digest=self.config_digest,
+                weights_digest=self.weights_digest, parent_digest=parent,
+                image_size=tuple(level.shape[:2]), shapes=tuple(code["shapes"]),
+                strings=tuple(code["strings"]))
+            data = bitstream.encode(stream)
+            write_file_atomic(os.path.join(folder, bitstream.stream_filename(name)), data)
+            parent = bitstream.stream_digest(data)
+            height, width = level.shape[:2]
+            results.append((len(data), code["bits"], code["reconstruction"][:height, :width]))
+        return results
+
+    def decode(self, folder, num_layers=None):
+        """Read and check the first `num_layers` streams in `folder`, decode, write rec PNGs.
+
+        Every stream is checked before any PNG is written. Returns (reconstructions, sizes in
+        bytes of the streams).
+        """
+        num_layers = self.check_num_layers(num_layers)
+        streams = bitstream.read_layer_streams(
+            folder, self.config.layer_names, num_layers, mode=self.config.mode,
+            config_digest=self.config_digest, weights_digest=self.weights_digest)
+        decoded = self.model.decompress([(s.strings, s.shapes) for s in streams])
+        reconstructions = []
+        for stream, image in zip(streams, decoded):
+            height, width = stream.image_size
+            image = image[:height, :width]
+            write_png(os.path.join(folder, rec_filename(stream.layer_name)), image)
+            reconstructions.append(image)
+        sizes = [os.path.getsize(os.path.join(folder, bitstream.stream_filename(s.layer_name)))
+                 for s in streams]
+        return reconstructions, sizes
+
+
+def measure(codec, levels, encoded, reconstructions):
+    """Per-layer results: rates of layers 0..k over the pixels of layer k's image, quality."""
+    spatial = codec.config.mode == "spatial"
+    layers, total_bytes, total_bits = [], 0, 0.0
+    for name, level, (size, bits, _), decoded in zip(
+            codec.config.layer_names, levels, encoded, reconstructions):
+        pixels = level.shape[0] * level.shape[1]
+        total_bytes += size
+        total_bits += bits
+        entry = dict(name=name, eval_bpp=total_bits / pixels,
+                     actual_bpp=metrics.bpp(total_bytes, pixels), bytes=size,
+                     psnr=_finite_or_none(metrics.psnr(level, decoded)),
+                     ms_ssim=_finite_or_none(metrics.ms_ssim(level, decoded)))
+        if spatial:
+            entry.update(height=level.shape[0], width=level.shape[1],
+                         layer_bpp=metrics.bpp(size, pixels))
+        layers.append(entry)
+    return layers
+
+
+def average_layers(images):
+    """Average each numeric field per layer over the images (None where any is None)."""
+    if not images:
+        return []
+    averaged = []
+    for k, first in enumerate(images[0]["layers"]):
+        entry = {"name": first["name"]}
+        for field in FIELDS + SPATIAL_FIELDS:
+            if field not in first:
+                continue
+            values = [image["layers"][k][field] for image in images if k < len(image["layers"])]
+            entry[field] = None if any(v is None for v in values) else float(np.mean(values))
+        averaged.append(entry)
+    return averaged
+
+
+def format_table(layers):
+    """The per-layer table printed on the console."""
+    header = f"  {'layer':<6}{'eval_bpp':>10}{'actual_bpp':>12}{'bytes':>9}{'psnr':>8}{'ms_ssim':>9}"
+    if layers and "layer_bpp" in layers[0]:
+        header += f"{'layer_bpp':>11}{'size':>12}"
+    lines = [header]
+    for entry in layers:
+        psnr = "inf" if entry["psnr"] is None else f"{entry['psnr']:.2f}"
+        ms_ssim = "n/a" if entry["ms_ssim"] is None else f"{entry['ms_ssim']:.4f}"
+        line = (f"  {entry['name']:<6}{entry['eval_bpp']:>10.4f}{entry['actual_bpp']:>12.4f}"
+                f"{entry['bytes']:>9.0f}{psnr:>8}{ms_ssim:>9}")
+        if "layer_bpp" in entry:
+            size = f"{entry['height']:.0f}x{entry['width']:.0f}"
+            line += f"{entry['layer_bpp']:>11.4f}{size:>12}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def evaluate(codec, inputs, output_folder, num_layers=None, make_levels=None):
+    """Evaluate every input; write streams, PNGs and results.json; return the results.
+
+    inputs: list of (name, image path). With one input the files go straight into
+    `output_folder`, with several into `output_folder/<image stem>/`.
+    make_levels(path) -> list of uint8 images, one per layer (quality: the image itself).
+    Unreadable images are reported and skipped; the summary counts them.
+    """
+    num_layers = codec.check_num_layers(num_layers)
+    make_levels = make_levels or (lambda path: [read_image(path)] * codec.config.num_layers)
+    results, skipped = [], []
+    for index, path in enumerate(inputs):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        folder = output_folder if len(inputs) == 1 else os.path.join(output_folder, stem)
+        try:
+            levels = make_levels(path)
+        except ImageError as error:
+            if len(inputs) == 1:
+                raise
+            print(f"skipped: {error}", flush=True)
+            skipped.append(path)
+            continue
+        start = time.monotonic()
+        encoded = codec.encode(levels, folder)
+        encode_seconds = time.monotonic() - start
+        start = time.monotonic()
+        reconstructions, _ = codec.decode(folder, num_layers)
+        decode_seconds = time.monotonic() - start
+        for k, decoded in enumerate(reconstructions):
+            if not np.array_equal(decoded, encoded[k][2]):
+                print(f"warning: {path}: decoded layer {codec.config.layer_names[k]} differs "
+                      "from the encoder's reconstruction (non-deterministic kernels?)")
+        layers = measure(codec, levels[:num_layers], encoded[:num_layers], reconstructions)
+        height, width = levels[-1].shape[:2]
+        results.append(dict(image=path, height=height, width=width, layers=layers))
+        print(f"[{index + 1}/{len(inputs)}] {path} ({width}x{height}) -> {folder}  "
+              f"encode {encode_seconds:.2f} s, decode {decode_seconds:.2f} s", flush=True)
+        print(format_table(layers), flush=True)
+    summary = dict(images=results, average=dict(layers=average_layers(results)))
+    if skipped:
+        summary["skipped"] = skipped
+    if results:
+        write_file_atomic(os.path.join(output_folder, RESULTS_NAME),
+                          (json.dumps(summary, indent=2) + "\n").encode())
+    print(f"average over {len(results)} image(s)"
+          + (f"; {len(skipped)} skipped (unreadable)" if skipped else ""), flush=True)
+    if results:
+        print(format_table(summary["average"]["layers"]), flush=True)
+    return summary
+
+
+def stream_folders(output_folder):
+    """Folders under `output_folder` holding a base-layer stream (itself first if it does)."""
+    base = bitstream.stream_filename("B")
+    if os.path.exists(os.path.join(output_folder, base)):
+        return [output_folder]
+    if not os.path.isdir(output_folder):
+        raise bitstream.BitstreamError(f"{output_folder}: no such folder of streams")
+    folders = sorted(os.path.join(output_folder, d) for d in os.listdir(output_folder)
+                     if os.path.exists(os.path.join(output_folder, d, base)))
+    if not folders:
+        raise bitstream.BitstreamError(f"{output_folder}: no {base} here or in its subfolders: "
+                                       "point --output_folder at the streams eval wrote")
+    return folders
+
+
+def decompress_folders(codec, output_folder, num_layers=None):
+    """Receiver side: decode the streams under `output_folder` into rec PNGs (no input image)."""
+    num_layers = codec.check_num_layers(num_layers)
+    folders = stream_folders(output_folder)
+    for folder in folders:
+        reconstructions, sizes = codec.decode(folder, num_layers)
+        names = codec.config.layer_names[:num_layers]
+        described = ", ".join(f"{rec_filename(n)} {r.shape[1]}x{r.shape[0]} ({s} bytes)"
+                              for n, r, s in zip(names, reconstructions, sizes))
+        print(f"{folder}: decoded {described}", flush=True)
+    return folders

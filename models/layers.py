@@ -1,0 +1,112 @@
+"""Transforms of the scalable codec: analysis, synthesis, latent prediction, up-transform.
+
+All convolutions are `tfc.SignalConv2D` with a 5x5 kernel, zero "same" padding and a
+bias, as in the reference design (see README, "Architecture").
+"""
+
+import tensorflow as tf
+import tensorflow_compression as tfc
+
+KERNEL = (5, 5)
+
+
+def conv(filters, stride="1", activation=None, name=None, transposed=False):
+    """One 5x5 `SignalConv2D`.
+
+    stride: "down" (correlation, stride 2), "up" (convolution, upsampling by 2) or "1".
+    activation: None, "gdn" or "igdn". `transposed=True` makes a stride-1 convolution
+    (`corr=False`), the reference's transposed conv at stride 1.
+    """
+    if activation == "gdn":
+        activation = tfc.GDN(name=f"{name}_gdn" if name else None)
+    elif activation == "igdn":
+        activation = tfc.GDN(inverse=True, name=f"{name}_igdn" if name else None)
+    elif activation is not None:
+        raise ValueError(f"unknown activation {activation!r}")
+    corr = {"down": True, "up": False, "1": not transposed}[stride]
+    return tfc.SignalConv2D(
+        filters, KERNEL, corr=corr,
+        strides_down=2 if stride == "down" else 1,
+        strides_up=2 if stride == "up" else 1,
+        padding="same_zeros", use_bias=True, activation=activation, name=name)
+
+
+def crop_to(tensor, reference):
+    """Crop a NHWC tensor's spatial size to that of `reference` (a tensor or an [h, w] shape)."""
+    if isinstance(reference, tf.Tensor) and reference.shape.rank == 4:
+        reference = tf.shape(reference)[1:3]
+    return tensor[:, :reference[0], :reference[1], :]
+
+
+def pad_to_multiple(tensor, multiple):
+    """Zero-pad a NHWC tensor at the bottom/right so its height and width divide `multiple`."""
+    shape = tf.shape(tensor)
+    pad_h = (-shape[1]) % multiple
+    pad_w = (-shape[2]) % multiple
+    return tf.pad(tensor, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+
+
+class AnalysisTransform(tf.keras.Sequential):
+    """A(F): four stride-2 convolutions, GDN after the first three; downsamples by 16."""
+
+    def __init__(self, filters, name=None):
+        super().__init__(name=name)
+        for i, act in enumerate(["gdn", "gdn", "gdn", None]):
+            self.add(conv(filters, "down", act, name=f"layer_{i}"))
+
+
+class SynthesisTransform(tf.keras.Sequential):
+    """S(F): three upsampling convolutions with IGDN, then one to 3 channels; upsamples by 16."""
+
+    def __init__(self, filters, name=None):
+        super().__init__(name=name)
+        for i, act in enumerate(["igdn", "igdn", "igdn"]):
+            self.add(conv(filters, "up", act, name=f"layer_{i}"))
+        self.add(conv(3, "up", None, name="layer_3"))
+
+
+class UpTransform(tf.keras.Sequential):
+    """U(F) of the spatial model: upsampling conv then two stride-1 transposed convs; linear."""
+
+    def __init__(self, filters, name=None):
+        super().__init__(name=name)
+        self.add(conv(filters, "up", None, name="layer_0"))
+        self.add(conv(filters, "1", None, name="layer_1", transposed=True))
+        self.add(conv(filters, "1", None, name="layer_2", transposed=True))
+
+
+class PredictionTransform(tf.keras.layers.Layer):
+    """P(F_in, F_out): predicts a layer's latent from the context of the lower layers.
+
+    Eight convolutions L0..L7 with skips: x5 = L4(x4 + x2), x7 = L6(x6 + x4 + x2).
+    variant "quality": output at the input's resolution (L0, L1 down; L6, L7 up).
+    variant "spatial": output at twice the input's resolution (L0 down; L6, L7 up).
+
+    The reference code breaks on latents whose size is not a multiple of the path's total
+    downsampling; here the input is zero-padded to that multiple and the caller crops the
+    output to the target latent's size (`crop_to`).
+    """
+
+    ACTIVATIONS = ["gdn", "gdn", "gdn", None, "gdn", None, "igdn", None]
+    STRIDES = {
+        "quality": ["down", "down", "1", "1", "1", "1", "up", "up"],
+        "spatial": ["down", "1", "1", "1", "1", "1", "up", "up"],
+    }
+
+    def __init__(self, in_filters, out_filters, variant, name=None):
+        super().__init__(name=name)
+        if variant not in self.STRIDES:
+            raise ValueError(f"unknown prediction variant {variant!r}")
+        self.variant = variant
+        strides = self.STRIDES[variant]
+        self.multiple = 2 ** strides.count("down")
+        self.convs = [
+            conv(in_filters if i == 0 else out_filters, stride, act, name=f"L{i}")
+            for i, (stride, act) in enumerate(zip(strides, self.ACTIVATIONS))]
+
+    def call(self, context):
+        l0, l1, l2, l3, l4, l5, l6, l7 = self.convs
+        x2 = l1(l0(pad_to_multiple(context, self.multiple)))
+        x4 = l3(l2(x2))
+        x6 = l5(l4(x4 + x2))
+        return l7(l6(x6 + x4 + x2))

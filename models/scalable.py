@@ -1,0 +1,227 @@
+"""The layer loop shared by both scalable models.
+
+Every layer k: analyse its input image, predict its latent from the context of the lower
+layers (k > 0), code the residual with the layer's entropy model, add the prediction back,
+extend the context with the decoded latent, and synthesize the layer's image from the context.
+Subclasses supply which image each layer analyses (`levels`) and how the context grows
+(`extend_context`, `context_channels`).
+"""
+
+import hashlib
+import types
+
+import numpy as np
+import tensorflow as tf
+
+from models.entropy import make_entropy_model
+from models.layers import AnalysisTransform, PredictionTransform, SynthesisTransform, crop_to
+
+# Images are padded to this multiple before coding: the analysis downsamples by 16.
+PAD_MULTIPLE = 16
+
+
+def to_uint8(image):
+    """Float image in [0, 1] -> rounded, clipped uint8 (HxWx3, batch dimension dropped)."""
+    return tf.saturate_cast(tf.round(image[0] * 255.0), tf.uint8)
+
+
+class ScalableModel(tf.keras.Model):
+    """Base of the quality- and spatial-scalable models; layers come from `config` lists."""
+
+    prediction_variant = None  # "quality" or "spatial"
+    cumulative_rate = None     # rate of layer k counts layers 0..k (quality) or k alone (spatial)
+
+    def __init__(self, config):
+        super().__init__(name=f"{config.mode}_model")
+        self.config = config
+        names, filters = config.layer_names, config.filters
+        self.analysis = [AnalysisTransform(f, name=f"analysis_{n}")
+                         for n, f in zip(names, filters)]
+        self.synthesis = [SynthesisTransform(f, name=f"synthesis_{n}")
+                          for n, f in zip(names, filters)]
+        self.prediction = [
+            PredictionTransform(self.context_channels(k - 1), filters[k],
+                                self.prediction_variant, name=f"prediction_{names[k]}")
+            for k in range(1, config.num_layers)]
+        self.entropy = [make_entropy_model(config.entropy_model, f, name=f"entropy_{n}")
+                        for n, f in zip(names, filters)]
+        # Traced coding functions, one per layer; a plain namespace so Keras does not track it.
+        self._coding = types.SimpleNamespace(encoders={}, decoders={}, ready=False)
+
+    # --- what the two modes supply ---------------------------------------------------------
+    def levels(self, inputs):
+        """The image (NHWC float) that each layer analyses, base first."""
+        raise NotImplementedError
+
+    def extend_context(self, context, latent, k):
+        """The context after layer k, given the one after layer k-1 and layer k's latent."""
+        raise NotImplementedError
+
+    def context_channels(self, k):
+        """Number of channels of the context after layer k."""
+        raise NotImplementedError
+
+    def example_inputs(self, size=64):
+        """A zero batch of inputs of full-resolution side `size`, to build the weights."""
+        raise NotImplementedError
+
+    # --- training form ---------------------------------------------------------------------
+    def _predict(self, k, context, latent_shape):
+        return crop_to(self.prediction[k - 1](context), latent_shape)
+
+    def call(self, inputs, training=False):
+        """Train-time forward: per layer a dict of bits, reconstruction and latent/prediction."""
+        outputs, context = [], None
+        for k, level in enumerate(self.levels(inputs)):
+            latent = self.analysis[k](level)
+            if k == 0:
+                prediction = tf.zeros_like(latent)
+                latent_hat, bits = self.entropy[k](latent, training=training)
+            else:
+                prediction = self._predict(k, context, tf.shape(latent)[1:3])
+                residual_hat, bits = self.entropy[k](latent - prediction, training=training)
+                latent_hat = prediction + residual_hat
+            context = self.extend_context(context, latent_hat, k)
+            reconstruction = crop_to(self.synthesis[k](context), level)
+            outputs.append(dict(bits=bits, reconstruction=reconstruction,
+                                latent=latent, prediction=prediction))
+        return outputs
+
+    def loss_terms(self, inputs, outputs):
+        """Loss = sum_k lambda_k * bpp_k + 255^2 * MSE_k, and per-layer metrics."""
+        loss = 0.0
+        metrics = {}
+        cumulative_bits = 0.0
+        levels = self.levels(inputs)
+        for k, (name, level, out) in enumerate(zip(self.config.layer_names, levels, outputs)):
+            pixels = tf.cast(tf.reduce_prod(tf.shape(level)[:3]), tf.float32)
+            bits = tf.reduce_sum(out["bits"])
+            cumulative_bits += bits
+            rate_bits = cumulative_bits if self.cumulative_rate else bits
+            bpp = rate_bits / (tf.cast(tf.reduce_prod(tf.shape(levels[-1])[:3]), tf.float32)
+                               if self.cumulative_rate else pixels)
+            mse = tf.reduce_mean(tf.math.squared_difference(level, out["reconstruction"]))
+            mse *= 255.0 ** 2
+            loss += self.config.lmbdas[k] * bpp + mse
+            metrics[f"bpp_{name}"] = bpp
+            metrics[f"mse_{name}"] = mse
+            metrics[f"psnr_{name}"] = 10.0 * tf.math.log(255.0 ** 2 / mse) / tf.math.log(10.0)
+            if k > 0:  # monitored only, not part of the loss (as the reference)
+                metrics[f"prediction_mse_{name}"] = 0.1 * 255.0 ** 2 * tf.reduce_mean(
+                    tf.math.squared_difference(out["latent"], out["prediction"]))
+        metrics["loss"] = loss
+        return loss, metrics
+
+    def train_step(self, inputs):
+        with tf.GradientTape() as tape:
+            outputs = self(inputs, training=True)
+            loss, metrics = self.loss_terms(inputs, outputs)
+        variables = self.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return metrics
+
+    def test_step(self, inputs):
+        return self.loss_terms(inputs, self(inputs, training=False))[1]
+
+    def build_weights(self):
+        """Create all variables by running the model once on a small zero input."""
+        self(self.example_inputs(), training=False)
+
+    def weights_digest(self):
+        """8-byte digest of the trained weights, stored in every stream."""
+        digest = hashlib.sha256()
+        for variable in self.weights:
+            digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+        return digest.digest()[:8]
+
+    # --- coding form -----------------------------------------------------------------------
+    def prepare_coding(self):
+        """Rebuild the entropy models with range-coding tables from the trained weights."""
+        for entropy_model in self.entropy:
+            entropy_model.prepare_coding()
+        self._coding.encoders.clear()
+        self._coding.decoders.clear()
+        self._coding.ready = True
+
+    def _context_spec(self, k):
+        return tf.TensorSpec((1, None, None, self.context_channels(k - 1)), tf.float32)
+
+    def _encode_layer(self, k, level, context=None):
+        level = tf.cast(level, tf.float32)[None] / 255.0
+        latent = self.analysis[k](level)
+        prediction = 0.0 if k == 0 else self._predict(k, context, tf.shape(latent)[1:3])
+        strings, shapes, residual_hat, bits = self.entropy[k].compress(latent - prediction)
+        context = self.extend_context(context, prediction + residual_hat, k)
+        return strings, shapes, bits[0], context, to_uint8(self.synthesis[k](context))
+
+    def _decode_layer(self, k, strings, shapes, context=None):
+        residual_hat = self.entropy[k].decompress(strings, shapes)
+        latent_hat = residual_hat if k == 0 else (
+            self._predict(k, context, shapes[0]) + residual_hat)
+        context = self.extend_context(context, latent_hat, k)
+        return context, to_uint8(self.synthesis[k](context))
+
+    def _encoder(self, k):
+        if k not in self._coding.encoders:
+            specs = [tf.TensorSpec((None, None, 3), tf.uint8)]
+            if k > 0:
+                specs.append(self._context_spec(k))
+            self._coding.encoders[k] = tf.function(
+                lambda *args: self._encode_layer(k, *args), input_signature=specs)
+        return self._coding.encoders[k]
+
+    def _decoder(self, k):
+        if k not in self._coding.decoders:
+            count = self.entropy[k].num_strings
+            specs = [[tf.TensorSpec((1,), tf.string)] * count,
+                     [tf.TensorSpec((2,), tf.int32)] * count]
+            if k > 0:
+                specs.append(self._context_spec(k))
+            self._coding.decoders[k] = tf.function(
+                lambda *args: self._decode_layer(k, *args), input_signature=specs)
+        return self._coding.decoders[k]
+
+    def _check_coding(self):
+        if not self._coding.ready:
+            raise RuntimeError("call prepare_coding() after loading the weights")
+
+    def compress(self, levels):
+        """Code every layer.
+
+        levels: one uint8 HxWx3 array per layer (sides multiples of PAD_MULTIPLE).
+        Returns per layer a dict: `strings` (list of bytes), `shapes` (flat list of ints),
+        `bits` (estimated from the likelihoods) and `reconstruction` (uint8, padded size),
+        the exact image a decoder of the same weights produces.
+        """
+        self._check_coding()
+        codes, context = [], None
+        for k, level in enumerate(levels):
+            args = [tf.convert_to_tensor(level, tf.uint8)] + ([] if k == 0 else [context])
+            strings, shapes, bits, context, reconstruction = self._encoder(k)(*args)
+            codes.append(dict(
+                strings=[s.numpy()[0] for s in strings],
+                shapes=[int(v) for shape in shapes for v in shape.numpy()],
+                bits=float(bits), reconstruction=reconstruction.numpy()))
+        return codes
+
+    def decompress(self, codes):
+        """Decode the first len(codes) layers from (strings, flat shapes) pairs.
+
+        Uses no analysis transform and nothing of the layers above. Returns one uint8
+        reconstruction (padded size) per decoded layer.
+        """
+        self._check_coding()
+        reconstructions, context = [], None
+        for k, (strings, shapes) in enumerate(codes):
+            count = self.entropy[k].num_strings
+            if len(strings) != count or len(shapes) != 2 * count:
+                raise ValueError(f"layer {self.config.layer_names[k]}: expected {count} "
+                                 f"strings and {2 * count} shape values")
+            args = [[tf.constant([s]) for s in strings],
+                    [tf.constant(shapes[2 * i:2 * i + 2], tf.int32) for i in range(count)]]
+            if k > 0:
+                args.append(context)
+            context, reconstruction = self._decoder(k)(*args)
+            reconstructions.append(reconstruction.numpy())
+        return reconstructions

@@ -1,0 +1,153 @@
+"""The training driver of both train scripts.
+
+Checkpoints (model, optimizer, step and data-iterator position) go to the checkpoint
+directory every `checkpoint_secs` and at the end; a rerun resumes from the newest one.
+SIGINT/SIGTERM save a checkpoint before exiting; a non-finite loss stops training without
+overwriting the last good checkpoint. TensorBoard scalars go to `<checkpoint_dir>/train`.
+"""
+
+import math
+import os
+import signal
+import time
+
+import tensorflow as tf
+
+from models.checkpoints import latest_checkpoint
+from models.config import CONFIG_NAME, ConfigError, ModelConfig
+from models.factory import build_model
+
+MAX_CHECKPOINTS = 3
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (the message says why and what to do)."""
+
+
+class Interrupted(Exception):
+    """Training was stopped by a signal after a checkpoint was saved."""
+
+    def __init__(self, signal_number, step):
+        super().__init__(f"stopped by {signal.Signals(signal_number).name} at step {step}; "
+                         "checkpoint saved: rerun the same command to resume")
+        self.signal_number = signal_number
+
+
+def prepare_checkpoint_dir(directory, config):
+    """Save `config` into a new directory, or check it against the one already saved there."""
+    if os.path.exists(os.path.join(directory, CONFIG_NAME)):
+        saved = ModelConfig.load(directory)
+        if saved != config:
+            differences = [f"{name}: saved {getattr(saved, name)}, asked {getattr(config, name)}"
+                           for name in vars(config) if getattr(saved, name) != getattr(config, name)]
+            raise ConfigError(f"'{directory}' already holds a different model "
+                              f"({'; '.join(differences)}): use a new --checkpoint_dir or the "
+                              "flags it was trained with")
+    elif latest_checkpoint(directory):
+        raise ConfigError(f"'{directory}' holds checkpoints but no {CONFIG_NAME}: "
+                          "use a new --checkpoint_dir")
+    config.save(directory)
+
+
+class _SignalFlag:
+    """Records SIGINT/SIGTERM so the loop can save and exit between two steps."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = None
+        self.previous = {}
+
+    def __enter__(self):
+        for number in self.SIGNALS:
+            self.previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number, frame):
+        if self.received is not None:  # a second Ctrl-C: give up at once
+            signal.signal(number, self.previous[number])
+            raise KeyboardInterrupt
+        self.received = number
+        print(f"\n{signal.Signals(number).name} received: saving a checkpoint after this "
+              "step (press again to abort without saving)", flush=True)
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+def _format_metrics(metrics, layer_names):
+    parts = [f"loss {metrics['loss']:.2f}"]
+    for key in ("bpp", "psnr"):
+        values = " ".join(f"{name} {metrics[f'{key}_{name}']:.3f}" if key == "bpp" else
+                          f"{name} {metrics[f'{key}_{name}']:.2f}" for name in layer_names)
+        parts.append(f"{key} [{values}]")
+    return "  ".join(parts)
+
+
+def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
+          checkpoint_secs=300, log_every=100, make_step=tf.function):
+    """Train `config`'s model on `dataset` (endless batches) up to step `last_step`.
+
+    Returns the final step. Raises TrainingError on a non-finite loss, Interrupted after
+    saving on SIGINT/SIGTERM, ConfigError when `checkpoint_dir` holds another model.
+    """
+    prepare_checkpoint_dir(checkpoint_dir, config)
+    model = build_model(config)
+    optimizer = tf.keras.optimizers.Adam(learning_rate)
+    model.compile(optimizer=optimizer)
+    # Create the optimizer's slots now so the step is traced once, not twice.
+    optimizer.build(model.trainable_variables)
+    iterator = iter(dataset)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, data=iterator)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, MAX_CHECKPOINTS,
+                                         step_counter=optimizer.iterations)
+    if manager.latest_checkpoint:
+        try:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            raise TrainingError(f"cannot resume from '{manager.latest_checkpoint}' "
+                                f"({type(error).__name__}): use a new --checkpoint_dir") from None
+        print(f"resuming from step {int(optimizer.iterations)}", flush=True)
+    step = int(optimizer.iterations)
+    if step >= last_step:
+        print(f"already trained to step {step} (--last_step {last_step}): nothing to do")
+        return step
+
+    writer = tf.summary.create_file_writer(os.path.join(checkpoint_dir, "train"))
+    train_step = make_step(model.train_step)
+    saved_at = time.monotonic()
+    window_start, window_steps = time.monotonic(), 0
+    print(f"training {config.mode}-scalable model ({config.entropy_model}, layers "
+          f"{'/'.join(config.layer_names)}, filters {config.filters}) from step {step} "
+          f"to {last_step}", flush=True)
+    with _SignalFlag() as stop, writer.as_default():
+        while step < last_step:
+            metrics = train_step(next(iterator))
+            step = int(optimizer.iterations)
+            window_steps += 1
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                kept = manager.latest_checkpoint or "none"
+                raise TrainingError(f"loss is {loss} at step {step}: training stopped; the last "
+                                    f"good checkpoint is kept ({kept}). Lower the learning rate "
+                                    "or check the training data")
+            if step % log_every == 0 or step == last_step or stop.received:
+                seconds = (time.monotonic() - window_start) / window_steps
+                values = {k: float(v) for k, v in metrics.items()}
+                for name, value in values.items():
+                    tf.summary.scalar(name, value, step=step)
+                tf.summary.scalar("seconds_per_step", seconds, step=step)
+                print(f"step {step}/{last_step}  {_format_metrics(values, config.layer_names)}"
+                      f"  {seconds:.3f} s/step", flush=True)
+                window_start, window_steps = time.monotonic(), 0
+            if stop.received:
+                manager.save(checkpoint_number=step)
+                writer.flush()
+                raise Interrupted(stop.received, step)
+            if time.monotonic() - saved_at >= checkpoint_secs:
+                manager.save(checkpoint_number=step)
+                saved_at = time.monotonic()
+        path = manager.save(checkpoint_number=step)
+    print(f"done: step {step}, checkpoint {path}", flush=True)
+    return step

@@ -1,0 +1,88 @@
+"""Tests for models/metrics.py: PSNR, MS-SSIM, bits per pixel."""
+import math
+
+import numpy as np
+import pytest
+
+from models import metrics
+
+RNG = np.random.default_rng(0)
+
+
+def random_image(height, width):
+    return RNG.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def test_psnr_of_constant_offset_one():
+    reference = np.full((8, 8, 3), 100, np.uint8)
+    assert metrics.psnr(reference, reference + 1) == pytest.approx(48.1308, abs=1e-4)
+
+
+def test_psnr_does_not_wrap_around_uint8():
+    reference = np.zeros((4, 4, 3), np.uint8)
+    decoded = np.full((4, 4, 3), 255, np.uint8)  # MSE 255**2 -> 0 dB
+    assert metrics.psnr(reference, decoded) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.psnr(decoded, reference) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_psnr_identical_is_inf():
+    image = random_image(5, 6)
+    assert metrics.psnr(image, image.copy()) == math.inf
+
+
+def test_psnr_shape_mismatch():
+    with pytest.raises(ValueError, match="images differ in shape"):
+        metrics.psnr(random_image(4, 4), random_image(4, 5))
+
+
+def test_psnr_from_mse():
+    assert metrics.psnr_from_mse(1.0) == pytest.approx(20 * math.log10(255))
+    assert metrics.psnr_from_mse(0.0) == math.inf
+    assert metrics.psnr_from_mse(0.01, max_value=1.0) == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        metrics.psnr_from_mse(-1.0)
+
+
+def test_ms_ssim_identical_and_noisy():
+    side = metrics.MS_SSIM_MIN_SIDE
+    image = random_image(side, side + 7)
+    assert metrics.ms_ssim(image, image) == pytest.approx(1.0, abs=1e-6)
+    noise = RNG.normal(0, 20, size=image.shape)
+    noisy = np.clip(image + noise, 0, 255).astype(np.uint8)
+    value = metrics.ms_ssim(image, noisy)
+    assert isinstance(value, float) and 0.0 < value < 0.999
+
+
+def test_ms_ssim_none_below_min_side():
+    assert metrics.MS_SSIM_MIN_SIDE == 161
+    for shape in [(160, 400), (400, 160), (16, 16)]:
+        image = random_image(*shape)
+        assert metrics.ms_ssim(image, image) is None
+
+
+def test_ms_ssim_min_side_is_tensorflows_bound():
+    """The constant matches what tf.image.ssim_multiscale accepts (5 scales, 11-tap filter)."""
+    tf = pytest.importorskip("tensorflow")
+    side = metrics.MS_SSIM_MIN_SIDE
+
+    def run(height, width):
+        image = tf.zeros((height, width, 3))
+        return tf.image.ssim_multiscale(image, image, 255.0, filter_size=11)
+
+    run(side, side)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        run(side - 1, side)
+
+
+def test_ms_ssim_db():
+    assert metrics.ms_ssim_db(0.9) == pytest.approx(10.0)
+    assert metrics.ms_ssim_db(0.99) == pytest.approx(20.0)
+    assert metrics.ms_ssim_db(1.0) == math.inf
+    assert metrics.ms_ssim_db(None) is None
+
+
+def test_bpp():
+    assert metrics.bpp(1000, 512 * 768) == pytest.approx(8000 / 393216)
+    assert metrics.bpp(0, 10) == 0.0
+    with pytest.raises(ValueError, match="positive"):
+        metrics.bpp(10, 0)

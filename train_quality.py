@@ -1,0 +1,45 @@
+"""Train a quality-scalable model (layers B, e1, e2, e3 at full resolution).
+
+Example (toy size, a couple of minutes on a CPU):
+  python train_quality.py --train_glob 'photos/*.png' --checkpoint_dir runs/quality \
+      --filters 16,16 --lmbdas 250,50 --patchsize 64 --batchsize 4 --last_step 200
+"""
+
+from models import cli
+from models.checkpoints import CheckpointError
+from models.config import ConfigError
+from models.data import DataError
+from models.training import Interrupted, TrainingError
+
+
+def parse_args(argv):
+    parser = cli.parser(__doc__.splitlines()[0])
+    parser.add_argument("--train_glob", default="images/*.png",
+                        help="Glob (or folder) of training images (PNG/JPEG/BMP).")
+    parser.add_argument("--checkpoint_dir", default="train",
+                        help="Where checkpoints, config.json and TensorBoard logs go.")
+    cli.add_layer_flags(parser, "quality")
+    parser.add_argument("--batchsize", type=int, default=8, help="Patches per batch.")
+    parser.add_argument("--patchsize", type=int, default=256, help="Side of the random crops.")
+    cli.add_training_flags(parser)
+    return parser.parse_args(argv[1:])
+
+
+def main(args):
+    from models import data, training
+    config = cli.config_from_flags(args, "quality")
+    cli.check_training_flags(args)
+    files = data.training_images(args.train_glob, args.patchsize)
+    dataset = data.patch_dataset(files, args.patchsize, args.batchsize,
+                                 args.preprocess_threads, seed=args.seed)
+    try:
+        training.train(config, dataset, args.checkpoint_dir, args.last_step,
+                       learning_rate=args.learning_rate, checkpoint_secs=args.checkpoint_secs,
+                       log_every=args.log_every)
+    except Interrupted as stop:
+        print(stop, flush=True)
+        raise SystemExit(cli.EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    cli.run(main, parse_args, (ConfigError, CheckpointError, DataError, TrainingError))
