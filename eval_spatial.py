@@ -1,0 +1,73 @@
+"""Evaluate a spatial-scalable model: one stream per resolution layer, decode, measure.
+
+Layer k is compared with the input's pyramid level k: sizes ceil(H/4) x ceil(W/4),
+ceil(H/2) x ceil(W/2) and H x W, made with Pillow's Lanczos filter (as create_tfrecords.py)
+unless --input_image_half and --input_image_quater give them.
+Example:
+  python eval_spatial.py --input_image kodak/ --output_folder out --checkpoint_dir runs/spatial
+"""
+
+import os
+
+from models import cli
+from models.bitstream import BitstreamError
+from models.checkpoints import CheckpointError
+from models.config import ConfigError
+from models.image import ImageError
+
+
+def parse_args(argv):
+    parser = cli.parser(__doc__.splitlines()[0])
+    parser.add_argument("--input_image", default=None,
+                        help="An image file, a folder of images or a glob (full resolution).")
+    parser.add_argument("--input_image_half", default=None,
+                        help="The half-resolution image (or a folder of same-named images).")
+    parser.add_argument("--input_image_quater", default=None,
+                        help="The quarter-resolution image (or a folder of same-named images).")
+    cli.add_eval_flags(parser, "spatial")
+    return parser.parse_args(argv[1:])
+
+
+def level_reader(args, num_layers):
+    """path -> pyramid (lowest first): derived, or read from the given half/quarter inputs."""
+    from models.image import pyramid, pyramid_sizes, read_image
+    given = [args.input_image_quater, args.input_image_half]
+    if not any(given):
+        return lambda path: pyramid(read_image(path), num_layers)
+    if not all(given) or num_layers != 3:
+        raise ConfigError("give both --input_image_half and --input_image_quater (3-layer "
+                          "models only), or neither to derive them")
+
+    def companion(spec, path):
+        return os.path.join(spec, os.path.basename(path)) if os.path.isdir(spec) else spec
+
+    def read_levels(path):
+        full = read_image(path)
+        levels = [read_image(companion(spec, path)) for spec in given] + [full]
+        expected = pyramid_sizes(*full.shape[:2], num_layers)
+        for level, size, flag in zip(levels, expected, ("quater", "half")):
+            if level.shape[:2] != size:
+                raise ImageError(f"--input_image_{flag} for '{path}' is {level.shape[1]}x"
+                                 f"{level.shape[0]}, expected {size[1]}x{size[0]} (ceil of "
+                                 "the full size / 4 and / 2): resize it or omit the flag")
+        return levels
+    return read_levels
+
+
+def main(args):
+    from models import evaluation
+    from models.image import list_images
+    if not args.decompress and not args.input_image:
+        raise ConfigError("--input_image is required (or --decompress to decode existing "
+                          "streams)")
+    inputs = None if args.decompress else list_images(args.input_image)
+    codec = cli.load_codec(args, "spatial")
+    if args.decompress:
+        evaluation.decompress_folders(codec, args.output_folder, args.num_layers)
+    else:
+        make_levels = level_reader(args, codec.config.num_layers)
+        evaluation.evaluate(codec, inputs, args.output_folder, args.num_layers, make_levels)
+
+
+if __name__ == "__main__":
+    cli.run(main, parse_args, (ConfigError, CheckpointError, ImageError, BitstreamError))

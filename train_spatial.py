@@ -1,0 +1,53 @@
+"""Train a spatial-scalable model (layers B at 1/4, e1 at 1/2, e2 at full resolution).
+
+Training data are TFRecords made by create_tfrecords.py. Example (toy size):
+  python create_tfrecords.py --input_image photos/ --patchsize 256 --train_tfrecords data/train.tfrecords
+  python train_spatial.py --train_tfrecords data/train.tfrecords --checkpoint_dir runs/spatial \
+      --filters 16,16,16 --lmbdas 400,300,200 --patchsize 128 --batchsize 4 --last_step 200
+"""
+
+from models import cli
+from models.checkpoints import CheckpointError
+from models.config import ConfigError
+from models.data import DataError
+from models.training import Interrupted, TrainingError
+
+
+def parse_args(argv):
+    parser = cli.parser(__doc__.splitlines()[0])
+    parser.add_argument("--train_tfrecords", default="train.tfrecords",
+                        help="TFRecord file, comma-separated files or a glob "
+                             "(made by create_tfrecords.py).")
+    parser.add_argument("--checkpoint_dir", default="train",
+                        help="Where checkpoints, config.json and TensorBoard logs go.")
+    cli.add_layer_flags(parser, "spatial")
+    parser.add_argument("--batchsize", type=int, default=8, help="Examples per batch.")
+    parser.add_argument("--patchsize", type=int, default=512,
+                        help="Full-resolution side of the aligned random crops (the half and "
+                             "quarter crops are 1/2 and 1/4 of it).")
+    cli.add_training_flags(parser)
+    return parser.parse_args(argv[1:])
+
+
+def main(args):
+    from models import data, training
+    config = cli.config_from_flags(args, "spatial")
+    cli.check_training_flags(args)
+    multiple = 16 << (config.num_layers - 1)  # the lowest level is a multiple of 16 too
+    if args.patchsize % multiple:
+        raise ConfigError(f"--patchsize {args.patchsize} must be a multiple of {multiple} "
+                          f"for a {config.num_layers}-layer spatial model")
+    files = data.check_tfrecords(args.train_tfrecords, args.patchsize)
+    dataset = data.pyramid_dataset(files, args.batchsize, args.patchsize, seed=args.seed,
+                                   preprocess_threads=args.preprocess_threads)
+    try:
+        training.train(config, dataset, args.checkpoint_dir, args.last_step,
+                       learning_rate=args.learning_rate, checkpoint_secs=args.checkpoint_secs,
+                       log_every=args.log_every)
+    except Interrupted as stop:
+        print(stop, flush=True)
+        raise SystemExit(cli.EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    cli.run(main, parse_args, (ConfigError, CheckpointError, DataError, TrainingError))
