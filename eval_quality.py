@@ -21,17 +21,7 @@ def parse_args(argv):
 
 
 def main(args):
-    from models import evaluation
-    from models.image import list_images
-    if not args.decompress and not args.input_image:
-        raise ConfigError("--input_image is required (or --decompress to decode existing "
-                          "streams)")
-    inputs = None if args.decompress else list_images(args.input_image)
-    codec = cli.load_codec(args, "quality")
-    if args.decompress:
-        evaluation.decompress_folders(codec, args.output_folder, args.num_layers)
-    else:
-        evaluation.evaluate(codec, inputs, args.output_folder, args.num_layers)
+    cli.evaluate_from_flags(args, "quality")
 
 
 if __name__ == "__main__":

@@ -55,18 +55,7 @@ def level_reader(args, num_layers):
 
 
 def main(args):
-    from models import evaluation
-    from models.image import list_images
-    if not args.decompress and not args.input_image:
-        raise ConfigError("--input_image is required (or --decompress to decode existing "
-                          "streams)")
-    inputs = None if args.decompress else list_images(args.input_image)
-    codec = cli.load_codec(args, "spatial")
-    if args.decompress:
-        evaluation.decompress_folders(codec, args.output_folder, args.num_layers)
-    else:
-        make_levels = level_reader(args, codec.config.num_layers)
-        evaluation.evaluate(codec, inputs, args.output_folder, args.num_layers, make_levels)
+    cli.evaluate_from_flags(args, "spatial", lambda num_layers: level_reader(args, num_layers))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from models import cli
 from models.checkpoints import CheckpointError
 from models.config import ConfigError
 from models.data import DataError
-from models.training import Interrupted, TrainingError
+from models.training import TrainingError
 
 
 def parse_args(argv):
@@ -26,19 +26,13 @@ def parse_args(argv):
 
 
 def main(args):
-    from models import data, training
+    from models import data
     config = cli.config_from_flags(args, "quality")
     cli.check_training_flags(args)
     files = data.training_images(args.train_glob, args.patchsize)
     dataset = data.patch_dataset(files, args.patchsize, args.batchsize,
                                  args.preprocess_threads, seed=args.seed)
-    try:
-        training.train(config, dataset, args.checkpoint_dir, args.last_step,
-                       learning_rate=args.learning_rate, checkpoint_secs=args.checkpoint_secs,
-                       log_every=args.log_every)
-    except Interrupted as stop:
-        print(stop, flush=True)
-        raise SystemExit(cli.EXIT_INTERRUPTED)
+    cli.train_from_flags(args, config, dataset)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from models import cli
 from models.checkpoints import CheckpointError
 from models.config import ConfigError
 from models.data import DataError
-from models.training import Interrupted, TrainingError
+from models.training import TrainingError
 
 
 def parse_args(argv):
@@ -30,7 +30,7 @@ def parse_args(argv):
 
 
 def main(args):
-    from models import data, training
+    from models import data
     config = cli.config_from_flags(args, "spatial")
     cli.check_training_flags(args)
     multiple = 16 << (config.num_layers - 1)  # the lowest level is a multiple of 16 too
@@ -40,13 +40,7 @@ def main(args):
     files = data.check_tfrecords(args.train_tfrecords, args.patchsize)
     dataset = data.pyramid_dataset(files, args.batchsize, args.patchsize, seed=args.seed,
                                    preprocess_threads=args.preprocess_threads)
-    try:
-        training.train(config, dataset, args.checkpoint_dir, args.last_step,
-                       learning_rate=args.learning_rate, checkpoint_secs=args.checkpoint_secs,
-                       log_every=args.log_every)
-    except Interrupted as stop:
-        print(stop, flush=True)
-        raise SystemExit(cli.EXIT_INTERRUPTED)
+    cli.train_from_flags(args, config, dataset)
 
 
 if __name__ == "__main__":

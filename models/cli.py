@@ -155,3 +155,34 @@ def load_codec(args, mode):
     from models.evaluation import Codec
     requested = dict(filters=requested_filters(args, mode), entropy_model=args.entropy_model)
     return Codec(load_trained_model(args.checkpoint_dir, mode, **requested))
+
+
+def train_from_flags(args, config, dataset):
+    """Run the training driver with the common flags; a signal exits 130 after saving."""
+    from models import training
+    try:
+        training.train(config, dataset, args.checkpoint_dir, args.last_step,
+                       learning_rate=args.learning_rate, checkpoint_secs=args.checkpoint_secs,
+                       log_every=args.log_every)
+    except training.Interrupted as stop:
+        print(stop, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED)
+
+
+def evaluate_from_flags(args, mode, level_reader=None):
+    """Evaluate --input_image, or with --decompress only decode --output_folder's streams.
+
+    level_reader(num_layers) -> (path -> images per layer); None: the image for every layer.
+    """
+    from models import evaluation
+    from models.image import list_images
+    if not args.decompress and not args.input_image:
+        raise ConfigError("--input_image is required (or --decompress to decode existing "
+                          "streams)")
+    inputs = None if args.decompress else list_images(args.input_image)
+    codec = load_codec(args, mode)
+    if args.decompress:
+        evaluation.decompress_folders(codec, args.output_folder, args.num_layers)
+        return
+    make_levels = level_reader(codec.config.num_layers) if level_reader else None
+    evaluation.evaluate(codec, inputs, args.output_folder, args.num_layers, make_levels)

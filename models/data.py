@@ -45,7 +45,7 @@ __all__ = [
 
 
 class DataError(ValueError):
-  """A problem with the training data; the message names it and the fix."""
+    """A problem with the training data; the message names it and the fix."""
 
 
 # Formats that tf.io.decode_image can decode (Pillow calls some JPEGs "MPO").
@@ -60,17 +60,17 @@ _MAX_WARNINGS = 10
 
 
 def _names(paths, limit=3):
-  shown = ", ".join(os.path.basename(p) for p in paths[:limit])
-  if len(paths) > limit:
-    shown += ", ..."
-  return shown
+    shown = ", ".join(os.path.basename(p) for p in paths[:limit])
+    if len(paths) > limit:
+        shown += ", ..."
+    return shown
 
 
 def _expand(pattern):
-  """Sorted files matching a glob; a folder means all files in it."""
-  if os.path.isdir(pattern):
-    pattern = os.path.join(pattern, "*")
-  return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+    """Sorted files matching a glob; a folder means all files in it."""
+    if os.path.isdir(pattern):
+        pattern = os.path.join(pattern, "*")
+    return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
 
 
 # ----------------------------------------------------------------------------
@@ -78,122 +78,122 @@ def _expand(pattern):
 
 
 def training_images(pattern, patchsize):
-  """Lists the usable training images matching `pattern`.
+    """Lists the usable training images matching `pattern`.
 
-  Args:
-    pattern: a glob (Python `glob`, results sorted) or a folder.
-    patchsize: side of the square training patches; smaller images are
-      skipped.
+    Args:
+      pattern: a glob (Python `glob`, results sorted) or a folder.
+      patchsize: side of the square training patches; smaller images are
+        skipped.
 
-  Returns:
-    Sorted list of file names whose images are at least patchsize x patchsize
-    and can be decoded by `tf.io.decode_image`. Sizes are read from the file
-    headers only.
+    Returns:
+      Sorted list of file names whose images are at least patchsize x patchsize
+      and can be decoded by `tf.io.decode_image`. Sizes are read from the file
+      headers only.
 
-  Raises:
-    DataError: the pattern matches no file or no image is usable.
-  """
-  patchsize = int(patchsize)
-  files = _expand(pattern)
-  if not files:
-    raise DataError(f"--train_glob '{pattern}' matches no files")
-  usable, small, unreadable = [], [], []
-  for path in files:
-    try:
-      with Image.open(path) as im:
-        width, height = im.size
-        fmt = im.format
-    except Exception as e:  # pylint: disable=broad-except
-      unreadable.append(path)
-      if len(unreadable) <= _MAX_WARNINGS:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"warning: skipping '{path}': not a readable image ({reason})",
-              file=sys.stderr, flush=True)
-      continue
-    if fmt not in _TF_FORMATS:
-      unreadable.append(path)
-      if len(unreadable) <= _MAX_WARNINGS:
-        print(f"warning: skipping '{path}': {fmt} images cannot be decoded by "
-              "tf.io.decode_image (use PNG, JPEG, BMP or GIF)",
-              file=sys.stderr, flush=True)
-      continue
-    if height < patchsize or width < patchsize:
-      small.append(path)
-      continue
-    usable.append(path)
-  if len(unreadable) > _MAX_WARNINGS:
-    print(f"warning: ... and {len(unreadable) - _MAX_WARNINGS} more "
-          "unreadable files skipped", file=sys.stderr, flush=True)
+    Raises:
+      DataError: the pattern matches no file or no image is usable.
+    """
+    patchsize = int(patchsize)
+    files = _expand(pattern)
+    if not files:
+        raise DataError(f"--train_glob '{pattern}' matches no files")
+    usable, small, unreadable = [], [], []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+                fmt = im.format
+        except Exception as e:  # pylint: disable=broad-except
+            unreadable.append(path)
+            if len(unreadable) <= _MAX_WARNINGS:
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                print(f"warning: skipping '{path}': not a readable image ({reason})",
+                      file=sys.stderr, flush=True)
+            continue
+        if fmt not in _TF_FORMATS:
+            unreadable.append(path)
+            if len(unreadable) <= _MAX_WARNINGS:
+                print(f"warning: skipping '{path}': {fmt} images cannot be decoded by "
+                      "tf.io.decode_image (use PNG, JPEG, BMP or GIF)",
+                      file=sys.stderr, flush=True)
+            continue
+        if height < patchsize or width < patchsize:
+            small.append(path)
+            continue
+        usable.append(path)
+    if len(unreadable) > _MAX_WARNINGS:
+        print(f"warning: ... and {len(unreadable) - _MAX_WARNINGS} more "
+              "unreadable files skipped", file=sys.stderr, flush=True)
 
-  reasons = []
-  if small:
-    reasons.append(f"{len(small)} smaller than {patchsize}x{patchsize}: "
-                   f"{_names(small)}")
-  if unreadable:
-    reasons.append(f"{len(unreadable)} not readable images: "
-                   f"{_names(unreadable)}")
-  skipped = len(small) + len(unreadable)
-  if not usable:
+    reasons = []
     if small:
-      raise DataError(
-          f"no training image is at least {patchsize}x{patchsize}: lower "
-          "--patchsize or add larger images")
-    raise DataError(f"--train_glob '{pattern}' matches no readable images")
-  summary = f"training on {len(usable)} images"
-  if skipped:
-    summary += f" ({skipped} skipped: {'; '.join(reasons)})"
-  print(summary, flush=True)
-  return usable
+        reasons.append(f"{len(small)} smaller than {patchsize}x{patchsize}: "
+                       f"{_names(small)}")
+    if unreadable:
+        reasons.append(f"{len(unreadable)} not readable images: "
+                       f"{_names(unreadable)}")
+    skipped = len(small) + len(unreadable)
+    if not usable:
+        if small:
+            raise DataError(
+                f"no training image is at least {patchsize}x{patchsize}: lower "
+                "--patchsize or add larger images")
+        raise DataError(f"--train_glob '{pattern}' matches no readable images")
+    summary = f"training on {len(usable)} images"
+    if skipped:
+        summary += f" ({skipped} skipped: {'; '.join(reasons)})"
+    print(summary, flush=True)
+    return usable
 
 
 def _decode_crop(path, seed, patchsize):
-  image = tf.io.decode_image(
-      tf.io.read_file(path), channels=3, expand_animations=False,
-      dtype=tf.uint8)
-  return tf.image.stateless_random_crop(image, (patchsize, patchsize, 3),
-                                        seed=seed)
+    image = tf.io.decode_image(
+        tf.io.read_file(path), channels=3, expand_animations=False,
+        dtype=tf.uint8)
+    return tf.image.stateless_random_crop(image, (patchsize, patchsize, 3),
+                                          seed=seed)
 
 
 def _to_float(images):
-  return tf.cast(images, tf.float32) / 255.
+    return tf.cast(images, tf.float32) / 255.
 
 
 def patch_dataset(files, patchsize, batchsize, preprocess_threads=16,
                   seed=None):
-  """Endless dataset of random patches from `files`.
+    """Endless dataset of random patches from `files`.
 
-  The file names (not decoded images) are shuffled with a buffer holding all
-  of them and reshuffled every epoch; each image is decoded and a random
-  patchsize x patchsize crop taken.
+    The file names (not decoded images) are shuffled with a buffer holding all
+    of them and reshuffled every epoch; each image is decoded and a random
+    patchsize x patchsize crop taken.
 
-  Args:
-    files: list of image files, each at least patchsize on both sides (see
-      `training_images`).
-    patchsize: side of the square patches.
-    batchsize: patches per batch (incomplete batches are dropped).
-    preprocess_threads: parallel decode calls.
-    seed: optional int for a reproducible order and crops.
+    Args:
+      files: list of image files, each at least patchsize on both sides (see
+        `training_images`).
+      patchsize: side of the square patches.
+      batchsize: patches per batch (incomplete batches are dropped).
+      preprocess_threads: parallel decode calls.
+      seed: optional int for a reproducible order and crops.
 
-  Returns:
-    A `tf.data.Dataset` of float32 [batchsize, patchsize, patchsize, 3]
-    tensors in [0, 1]. Its iterator can be saved in a `tf.train.Checkpoint`.
-  """
-  files = [os.fspath(f) for f in files]
-  if not files:
-    raise DataError("no training images given")
-  patchsize = int(patchsize)
-  names = tf.data.Dataset.from_tensor_slices(files)
-  names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-  names = names.repeat()
-  # Two int64 seeds per element for the stateless crop.
-  seeds = tf.data.Dataset.random(seed=seed).batch(2)
-  dataset = tf.data.Dataset.zip((names, seeds))
-  dataset = dataset.map(
-      lambda path, s: _decode_crop(path, s, patchsize),
-      num_parallel_calls=preprocess_threads)
-  dataset = dataset.batch(batchsize, drop_remainder=True)
-  dataset = dataset.map(_to_float)
-  return dataset.prefetch(tf.data.AUTOTUNE)
+    Returns:
+      A `tf.data.Dataset` of float32 [batchsize, patchsize, patchsize, 3]
+      tensors in [0, 1]. Its iterator can be saved in a `tf.train.Checkpoint`.
+    """
+    files = [os.fspath(f) for f in files]
+    if not files:
+        raise DataError("no training images given")
+    patchsize = int(patchsize)
+    names = tf.data.Dataset.from_tensor_slices(files)
+    names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    names = names.repeat()
+    # Two int64 seeds per element for the stateless crop.
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    dataset = tf.data.Dataset.zip((names, seeds))
+    dataset = dataset.map(
+        lambda path, s: _decode_crop(path, s, patchsize),
+        num_parallel_calls=preprocess_threads)
+    dataset = dataset.batch(batchsize, drop_remainder=True)
+    dataset = dataset.map(_to_float)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 # ----------------------------------------------------------------------------
@@ -201,54 +201,54 @@ def patch_dataset(files, patchsize, batchsize, preprocess_threads=16,
 
 
 def _bytes_feature(value):
-  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
 def _int64_feature(value):
-  return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
 def _check_image(name, image):
-  image = np.asarray(image)
-  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-    raise DataError(f"{name} image must be uint8 HxWx3, got {image.dtype} "
-                    f"{image.shape}")
-  return np.ascontiguousarray(image)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(f"{name} image must be uint8 HxWx3, got {image.dtype} "
+                        f"{image.shape}")
+    return np.ascontiguousarray(image)
 
 
 def make_example(full, half, quarter):
-  """Serializes one spatial training example.
+    """Serializes one spatial training example.
 
-  Args:
-    full: uint8 HxWx3 image.
-    half: uint8 image of size ceil(H/2) x ceil(W/2).
-    quarter: uint8 image of size ceil(H/4) x ceil(W/4).
+    Args:
+      full: uint8 HxWx3 image.
+      half: uint8 image of size ceil(H/2) x ceil(W/2).
+      quarter: uint8 image of size ceil(H/4) x ceil(W/4).
 
-  Returns:
-    A serialized `tf.train.Example` (bytes) with features img_raw_org,
-    img_raw_half, img_raw_quater (raw row-major bytes) and int64 height,
-    width of the full image.
-  """
-  full = _check_image("full", full)
-  half = _check_image("half", half)
-  quarter = _check_image("quarter", quarter)
-  height, width = full.shape[:2]
-  size_q, size_h, _ = pyramid_sizes(height, width, 3)
-  if tuple(half.shape[:2]) != tuple(size_h):
-    raise DataError(f"half image is {half.shape[1]}x{half.shape[0]}, expected "
-                    f"{size_h[1]}x{size_h[0]} for a {width}x{height} image")
-  if tuple(quarter.shape[:2]) != tuple(size_q):
-    raise DataError(f"quarter image is {quarter.shape[1]}x{quarter.shape[0]}, "
-                    f"expected {size_q[1]}x{size_q[0]} for a {width}x{height} "
-                    "image")
-  example = tf.train.Example(features=tf.train.Features(feature={
-      "img_raw_org": _bytes_feature(full.tobytes()),
-      "img_raw_half": _bytes_feature(half.tobytes()),
-      "img_raw_quater": _bytes_feature(quarter.tobytes()),
-      "height": _int64_feature(height),
-      "width": _int64_feature(width),
-  }))
-  return example.SerializeToString()
+    Returns:
+      A serialized `tf.train.Example` (bytes) with features img_raw_org,
+      img_raw_half, img_raw_quater (raw row-major bytes) and int64 height,
+      width of the full image.
+    """
+    full = _check_image("full", full)
+    half = _check_image("half", half)
+    quarter = _check_image("quarter", quarter)
+    height, width = full.shape[:2]
+    size_q, size_h, _ = pyramid_sizes(height, width, 3)
+    if tuple(half.shape[:2]) != tuple(size_h):
+        raise DataError(f"half image is {half.shape[1]}x{half.shape[0]}, expected "
+                        f"{size_h[1]}x{size_h[0]} for a {width}x{height} image")
+    if tuple(quarter.shape[:2]) != tuple(size_q):
+        raise DataError(f"quarter image is {quarter.shape[1]}x{quarter.shape[0]}, "
+                        f"expected {size_q[1]}x{size_q[0]} for a {width}x{height} "
+                        "image")
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "img_raw_org": _bytes_feature(full.tobytes()),
+        "img_raw_half": _bytes_feature(half.tobytes()),
+        "img_raw_quater": _bytes_feature(quarter.tobytes()),
+        "height": _int64_feature(height),
+        "width": _int64_feature(width),
+    }))
+    return example.SerializeToString()
 
 
 _FEATURE_SPEC = {
@@ -261,176 +261,176 @@ _FEATURE_SPEC = {
 
 
 def parse_example(serialized):
-  """Parses a serialized spatial example into (quarter, half, full) uint8."""
-  features = tf.io.parse_single_example(serialized, _FEATURE_SPEC)
-  height = tf.cast(features["height"], tf.int32)
-  width = tf.cast(features["width"], tf.int32)
+    """Parses a serialized spatial example into (quarter, half, full) uint8."""
+    features = tf.io.parse_single_example(serialized, _FEATURE_SPEC)
+    height = tf.cast(features["height"], tf.int32)
+    width = tf.cast(features["width"], tf.int32)
 
-  def decode(key, div):
-    h = (height + div - 1) // div
-    w = (width + div - 1) // div
-    raw = tf.io.decode_raw(features[key], tf.uint8)
-    return tf.reshape(raw, tf.stack([h, w, 3]))
+    def decode(key, div):
+        h = (height + div - 1) // div
+        w = (width + div - 1) // div
+        raw = tf.io.decode_raw(features[key], tf.uint8)
+        return tf.reshape(raw, tf.stack([h, w, 3]))
 
-  return (decode("img_raw_quater", 4), decode("img_raw_half", 2),
-          decode("img_raw_org", 1))
+    return (decode("img_raw_quater", 4), decode("img_raw_half", 2),
+            decode("img_raw_org", 1))
 
 
 def _split_pattern(pattern):
-  files = []
-  for part in str(pattern).split(","):
-    part = part.strip()
-    if not part:
-      continue
-    if os.path.isfile(part):
-      files.append(part)
-      continue
-    matches = _expand(part)
-    if not matches:
-      raise DataError(f"--train_tfrecords '{part}' matches no files")
-    files.extend(matches)
-  if not files:
-    raise DataError(f"--train_tfrecords '{pattern}' matches no files")
-  return list(dict.fromkeys(files))  # drop duplicates, keep order
+    files = []
+    for part in str(pattern).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if os.path.isfile(part):
+            files.append(part)
+            continue
+        matches = _expand(part)
+        if not matches:
+            raise DataError(f"--train_tfrecords '{part}' matches no files")
+        files.extend(matches)
+    if not files:
+        raise DataError(f"--train_tfrecords '{pattern}' matches no files")
+    return list(dict.fromkeys(files))  # drop duplicates, keep order
 
 
 def _first_record(path):
-  name = os.path.basename(path)
-  try:
-    for record in tf.data.TFRecordDataset(path).take(1):
-      return record.numpy()
-  except tf.errors.DataLossError:
-    raise DataError(f"'{name}' is not a readable TFRecord file (corrupt or "
-                    "truncated): recreate it with create_tfrecords.py") from None
-  except tf.errors.OpError as e:
-    raise DataError(f"cannot read '{path}': {e.message.splitlines()[0]}"
-                    ) from None
-  raise DataError(f"'{name}' holds no records: recreate it with "
-                  "create_tfrecords.py")
+    name = os.path.basename(path)
+    try:
+        for record in tf.data.TFRecordDataset(path).take(1):
+            return record.numpy()
+    except tf.errors.DataLossError:
+        raise DataError(f"'{name}' is not a readable TFRecord file (corrupt or "
+                        "truncated): recreate it with create_tfrecords.py") from None
+    except tf.errors.OpError as e:
+        raise DataError(f"cannot read '{path}': {e.message.splitlines()[0]}"
+                        ) from None
+    raise DataError(f"'{name}' holds no records: recreate it with "
+                    "create_tfrecords.py")
 
 
 def check_tfrecords(pattern, patchsize=None):
-  """Expands and checks spatial training TFRecords.
+    """Expands and checks spatial training TFRecords.
 
-  Reads the first record of every file and checks it is a spatial example of
-  this project (see `make_example`).
+    Reads the first record of every file and checks it is a spatial example of
+    this project (see `make_example`).
 
-  Args:
-    pattern: a file, comma-separated files, or globs.
-    patchsize: optional training crop size; the first example of every file
-      must be at least this large (later smaller examples are dropped by
-      `pyramid_dataset`).
+    Args:
+      pattern: a file, comma-separated files, or globs.
+      patchsize: optional training crop size; the first example of every file
+        must be at least this large (later smaller examples are dropped by
+        `pyramid_dataset`).
 
-  Returns:
-    The list of files.
+    Returns:
+      The list of files.
 
-  Raises:
-    DataError: no matching file, an unreadable or corrupt file, a record of
-      another kind, or (with patchsize) examples smaller than patchsize.
-  """
-  files = _split_pattern(pattern)
-  for path in files:
-    name = os.path.basename(path)
-    record = _first_record(path)
-    try:
-      example = tf.train.Example.FromString(record)
-    except Exception:  # pylint: disable=broad-except
-      raise DataError(f"'{name}' is not a spatial training TFRecord (records "
-                      "are not tf.train.Example): make it with "
-                      "create_tfrecords.py") from None
-    feature = example.features.feature
-    for key in SPATIAL_FEATURES:
-      if key not in feature:
-        raise DataError(f"'{name}' is not a spatial training TFRecord "
-                        f"(missing feature {key}): make it with "
-                        "create_tfrecords.py")
-    try:
-      height = int(feature["height"].int64_list.value[0])
-      width = int(feature["width"].int64_list.value[0])
-      sizes = pyramid_sizes(height, width, 3)
-      for key, (h, w) in zip(SPATIAL_FEATURES[2::-1], sizes):
-        if len(feature[key].bytes_list.value[0]) != h * w * 3:
-          raise ValueError(key)
-    except (IndexError, ValueError):
-      raise DataError(f"'{name}' is not a spatial training TFRecord (image "
-                      "sizes do not match the stored height/width): make it "
-                      "with create_tfrecords.py") from None
-    if patchsize is not None and (height < patchsize or width < patchsize):
-      raise DataError(f"'{name}' holds {width}x{height} examples, smaller "
-                      f"than the {patchsize}x{patchsize} training patch: "
-                      "lower --patchsize or recreate the TFRecords with "
-                      "larger patches")
-  return files
+    Raises:
+      DataError: no matching file, an unreadable or corrupt file, a record of
+        another kind, or (with patchsize) examples smaller than patchsize.
+    """
+    files = _split_pattern(pattern)
+    for path in files:
+        name = os.path.basename(path)
+        record = _first_record(path)
+        try:
+            example = tf.train.Example.FromString(record)
+        except Exception:  # pylint: disable=broad-except
+            raise DataError(f"'{name}' is not a spatial training TFRecord (records "
+                            "are not tf.train.Example): make it with "
+                            "create_tfrecords.py") from None
+        feature = example.features.feature
+        for key in SPATIAL_FEATURES:
+            if key not in feature:
+                raise DataError(f"'{name}' is not a spatial training TFRecord "
+                                f"(missing feature {key}): make it with "
+                                "create_tfrecords.py")
+        try:
+            height = int(feature["height"].int64_list.value[0])
+            width = int(feature["width"].int64_list.value[0])
+            sizes = pyramid_sizes(height, width, 3)
+            for key, (h, w) in zip(SPATIAL_FEATURES[2::-1], sizes):
+                if len(feature[key].bytes_list.value[0]) != h * w * 3:
+                    raise ValueError(key)
+        except (IndexError, ValueError):
+            raise DataError(f"'{name}' is not a spatial training TFRecord (image "
+                            "sizes do not match the stored height/width): make it "
+                            "with create_tfrecords.py") from None
+        if patchsize is not None and (height < patchsize or width < patchsize):
+            raise DataError(f"'{name}' holds {width}x{height} examples, smaller "
+                            f"than the {patchsize}x{patchsize} training patch: "
+                            "lower --patchsize or recreate the TFRecords with "
+                            "larger patches")
+    return files
 
 
 def _aligned_crop(quarter, half, full, seed, patchsize):
-  """Random crop at a full-resolution offset that is a multiple of 4."""
-  shape = tf.shape(full)
-  seeds = tf.random.experimental.stateless_split(seed, 2)
-  def offset(size, s):
-    steps = (size - patchsize) // 4 + 1
-    return 4 * tf.random.stateless_uniform(
-        [], seed=s, minval=0, maxval=steps, dtype=tf.int32)
-  oy = offset(shape[0], seeds[0])
-  ox = offset(shape[1], seeds[1])
-  p = patchsize
-  full = full[oy:oy + p, ox:ox + p]
-  half = half[oy // 2:oy // 2 + p // 2, ox // 2:ox // 2 + p // 2]
-  quarter = quarter[oy // 4:oy // 4 + p // 4, ox // 4:ox // 4 + p // 4]
-  full.set_shape([p, p, 3])
-  half.set_shape([p // 2, p // 2, 3])
-  quarter.set_shape([p // 4, p // 4, 3])
-  return quarter, half, full
+    """Random crop at a full-resolution offset that is a multiple of 4."""
+    shape = tf.shape(full)
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    def offset(size, s):
+        steps = (size - patchsize) // 4 + 1
+        return 4 * tf.random.stateless_uniform(
+            [], seed=s, minval=0, maxval=steps, dtype=tf.int32)
+    oy = offset(shape[0], seeds[0])
+    ox = offset(shape[1], seeds[1])
+    p = patchsize
+    full = full[oy:oy + p, ox:ox + p]
+    half = half[oy // 2:oy // 2 + p // 2, ox // 2:ox // 2 + p // 2]
+    quarter = quarter[oy // 4:oy // 4 + p // 4, ox // 4:ox // 4 + p // 4]
+    full.set_shape([p, p, 3])
+    half.set_shape([p // 2, p // 2, 3])
+    quarter.set_shape([p // 4, p // 4, 3])
+    return quarter, half, full
 
 
 def pyramid_dataset(files, batchsize, patchsize=None, seed=None,
                     shuffle_buffer=64, preprocess_threads=8):
-  """Endless dataset of (quarter, half, full) float32 [0, 1] batches.
+    """Endless dataset of (quarter, half, full) float32 [0, 1] batches.
 
-  Args:
-    files: TFRecord files (see `check_tfrecords`).
-    batchsize: examples per batch (incomplete batches are dropped).
-    patchsize: optional full-resolution crop size, a multiple of 4. Crops
-      are aligned: a random full-resolution offset that is a multiple of 4,
-      the half crop at offset/2 (size patchsize/2), the quarter crop at
-      offset/4 (size patchsize/4). Examples smaller than patchsize are
-      dropped. Without patchsize whole examples are batched, so all must have
-      the same size (or use batchsize 1).
-    seed: optional int for a reproducible order and crops.
-    shuffle_buffer: number of (cropped) examples in the shuffle buffer; its
-      content is part of a saved iterator checkpoint.
-    preprocess_threads: parallel parse/crop calls.
+    Args:
+      files: TFRecord files (see `check_tfrecords`).
+      batchsize: examples per batch (incomplete batches are dropped).
+      patchsize: optional full-resolution crop size, a multiple of 4. Crops
+        are aligned: a random full-resolution offset that is a multiple of 4,
+        the half crop at offset/2 (size patchsize/2), the quarter crop at
+        offset/4 (size patchsize/4). Examples smaller than patchsize are
+        dropped. Without patchsize whole examples are batched, so all must have
+        the same size (or use batchsize 1).
+      seed: optional int for a reproducible order and crops.
+      shuffle_buffer: number of (cropped) examples in the shuffle buffer; its
+        content is part of a saved iterator checkpoint.
+      preprocess_threads: parallel parse/crop calls.
 
-  Returns:
-    A `tf.data.Dataset`; its iterator can be saved in a `tf.train.Checkpoint`.
-  """
-  files = [os.fspath(f) for f in files]
-  if not files:
-    raise DataError("no TFRecord files given")
-  if patchsize is not None:
-    patchsize = int(patchsize)
-    if patchsize <= 0 or patchsize % 4:
-      raise DataError(f"--patchsize {patchsize} must be a positive multiple of "
-                      "4 for spatial training")
-  names = tf.data.Dataset.from_tensor_slices(files)
-  names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-  names = names.repeat()
-  records = names.interleave(
-      tf.data.TFRecordDataset, cycle_length=min(len(files), 4), block_length=1)
-  dataset = records.map(parse_example, num_parallel_calls=preprocess_threads)
-  if patchsize is not None:
-    p = patchsize
-    dataset = dataset.filter(
-        lambda q, h, f: tf.logical_and(tf.shape(f)[0] >= p,
-                                       tf.shape(f)[1] >= p))
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    dataset = tf.data.Dataset.zip((dataset, seeds))
-    dataset = dataset.map(
-        lambda images, s: _aligned_crop(*images, s, p),
-        num_parallel_calls=preprocess_threads)
-  dataset = dataset.shuffle(shuffle_buffer, seed=seed,
-                            reshuffle_each_iteration=True)
-  dataset = dataset.batch(batchsize, drop_remainder=True)
-  dataset = dataset.map(lambda q, h, f: (_to_float(q), _to_float(h),
-                                         _to_float(f)))
-  return dataset.prefetch(tf.data.AUTOTUNE)
+    Returns:
+      A `tf.data.Dataset`; its iterator can be saved in a `tf.train.Checkpoint`.
+    """
+    files = [os.fspath(f) for f in files]
+    if not files:
+        raise DataError("no TFRecord files given")
+    if patchsize is not None:
+        patchsize = int(patchsize)
+        if patchsize <= 0 or patchsize % 4:
+            raise DataError(f"--patchsize {patchsize} must be a positive multiple of "
+                            "4 for spatial training")
+    names = tf.data.Dataset.from_tensor_slices(files)
+    names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    names = names.repeat()
+    records = names.interleave(
+        tf.data.TFRecordDataset, cycle_length=min(len(files), 4), block_length=1)
+    dataset = records.map(parse_example, num_parallel_calls=preprocess_threads)
+    if patchsize is not None:
+        p = patchsize
+        dataset = dataset.filter(
+            lambda q, h, f: tf.logical_and(tf.shape(f)[0] >= p,
+                                           tf.shape(f)[1] >= p))
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds))
+        dataset = dataset.map(
+            lambda images, s: _aligned_crop(*images, s, p),
+            num_parallel_calls=preprocess_threads)
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed,
+                              reshuffle_each_iteration=True)
+    dataset = dataset.batch(batchsize, drop_remainder=True)
+    dataset = dataset.map(lambda q, h, f: (_to_float(q), _to_float(h),
+                                           _to_float(f)))
+    return dataset.prefetch(tf.data.AUTOTUNE)

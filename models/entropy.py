@@ -43,8 +43,9 @@ class FactorizedEntropyModel(tf.keras.layers.Layer):
         self.prior = tfc.NoisyDeepFactorized(batch_shape=(channels,))
         self.coder = None
 
-    def call(self, tensor, training):
-        model = tfc.ContinuousBatchedEntropyModel(self.prior, coding_rank=3, compression=False)
+    def call(self, tensor, training, quantization_offset=None):
+        model = tfc.ContinuousBatchedEntropyModel(
+            self.prior, coding_rank=3, compression=False, quantization_offset=quantization_offset)
         return model(tensor, training=training)
 
     def prepare_coding(self):
@@ -54,7 +55,7 @@ class FactorizedEntropyModel(tf.keras.layers.Layer):
     def compress(self, tensor):
         """Returns (strings, shapes, dequantized tensor, estimated bits)."""
         quantized = self.coder.quantize(tensor)
-        _, bits = self(tensor, training=False)
+        _, bits = self(tensor, training=False, quantization_offset=self.coder.quantization_offset)
         strings = [self.coder.compress(tensor)]
         return strings, [tf.shape(tensor)[1:3]], quantized, bits
 
@@ -106,8 +107,10 @@ class HyperpriorEntropyModel(tf.keras.layers.Layer):
             tfc.NoisyNormal, self.NUM_SCALES, self.scale_fn, coding_rank=3,
             compression=compression, stateless=compression)
 
-    def _side_model(self):
-        return tfc.ContinuousBatchedEntropyModel(self.side_prior, coding_rank=3, compression=False)
+    def _side_model(self, quantization_offset=None):
+        return tfc.ContinuousBatchedEntropyModel(
+            self.side_prior, coding_rank=3, compression=False,
+            quantization_offset=quantization_offset)
 
     def _indexes(self, side_hat, tensor_shape):
         return crop_to(self.hyper_synthesis(side_hat), tensor_shape)
@@ -129,7 +132,8 @@ class HyperpriorEntropyModel(tf.keras.layers.Layer):
         shape = tf.shape(tensor)[1:3]
         side_latent = self.hyper_analysis(abs(tensor))
         side_hat = self.side_coder.quantize(side_latent)
-        _, side_bits = self._side_model()(side_latent, training=False)
+        _, side_bits = self._side_model(self.side_coder.quantization_offset)(
+            side_latent, training=False)
         indexes = self._indexes(side_hat, shape)
         quantized, bits = self.coder(tensor, indexes, training=False)
         strings = [self.coder.compress(tensor, indexes), self.side_coder.compress(side_latent)]
