@@ -6,6 +6,7 @@ layers and writes `rec_<name>.png` at each layer's exact size. Metrics compare t
 pixels with the input (or the input's pyramid level in spatial mode).
 """
 
+import collections
 import json
 import math
 import os
@@ -73,16 +74,20 @@ class Codec:
             results.append((len(data), code["bits"], code["reconstruction"][:height, :width]))
         return results
 
+    def check_streams(self, folder, num_layers=None):
+        """Read and check the first `num_layers` streams in `folder` (BitstreamError if bad)."""
+        num_layers = self.check_num_layers(num_layers)
+        return bitstream.read_layer_streams(
+            folder, self.config.layer_names, num_layers, mode=self.config.mode,
+            config_digest=self.config_digest, weights_digest=self.weights_digest)
+
     def decode(self, folder, num_layers=None):
         """Read and check the first `num_layers` streams in `folder`, decode, write rec PNGs.
 
         Every stream is checked before any PNG is written. Returns (reconstructions, sizes in
         bytes of the streams).
         """
-        num_layers = self.check_num_layers(num_layers)
-        streams = bitstream.read_layer_streams(
-            folder, self.config.layer_names, num_layers, mode=self.config.mode,
-            config_digest=self.config_digest, weights_digest=self.weights_digest)
+        streams = self.check_streams(folder, num_layers)
         decoded = self.model.decompress([(s.strings, s.shapes) for s in streams])
         reconstructions = []
         for stream, image in zip(streams, decoded):
@@ -149,20 +154,41 @@ def format_table(layers):
     return "\n".join(lines)
 
 
+def output_folders(inputs, output_folder):
+    """Where each input's files go: `output_folder` itself for a single input, else
+    `output_folder/<stem>`; inputs sharing a stem (photo.png, photo.jpg) keep their whole file
+    name (photo.png/, photo.jpg/), and any name still taken gets a -2, -3, ... suffix, so no
+    image's outputs overwrite another's."""
+    if len(inputs) == 1:
+        return [output_folder]
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in inputs]
+    counts = collections.Counter(stems)
+    names = [os.path.basename(path) if counts[stem] > 1 else stem
+             for path, stem in zip(inputs, stems)]
+    taken, folders = set(), []
+    for name in names:
+        unique, suffix = name, 1
+        while unique in taken:
+            suffix += 1
+            unique = f"{name}-{suffix}"
+        taken.add(unique)
+        folders.append(os.path.join(output_folder, unique))
+    return folders
+
+
 def evaluate(codec, inputs, output_folder, num_layers=None, make_levels=None):
     """Evaluate every input; write streams, PNGs and results.json; return the results.
 
     inputs: list of (name, image path). With one input the files go straight into
-    `output_folder`, with several into `output_folder/<image stem>/`.
+    `output_folder`, with several into `output_folder/<image stem>/` (see output_folders).
     make_levels(path) -> list of uint8 images, one per layer (quality: the image itself).
-    Unreadable images are reported and skipped; the summary counts them.
+    Unreadable images are reported and skipped; the summary counts them. ImageError when the
+    only input, or every input, is unreadable.
     """
     num_layers = codec.check_num_layers(num_layers)
     make_levels = make_levels or (lambda path: [read_image(path)] * codec.config.num_layers)
     results, skipped = [], []
-    for index, path in enumerate(inputs):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        folder = output_folder if len(inputs) == 1 else os.path.join(output_folder, stem)
+    for index, (path, folder) in enumerate(zip(inputs, output_folders(inputs, output_folder))):
         try:
             levels = make_levels(path)
         except ImageError as error:
@@ -187,6 +213,9 @@ def evaluate(codec, inputs, output_folder, num_layers=None, make_levels=None):
         print(f"[{index + 1}/{len(inputs)}] {path} ({width}x{height}) -> {folder}  "
               f"encode {encode_seconds:.2f} s, decode {decode_seconds:.2f} s", flush=True)
         print(format_table(layers), flush=True)
+    if not results:
+        raise ImageError(f"none of the {len(inputs)} images could be read (see the 'skipped' "
+                         "lines): nothing evaluated")
     summary = dict(images=results, average=dict(layers=average_layers(results)))
     if skipped:
         summary["skipped"] = skipped
@@ -200,18 +229,28 @@ def evaluate(codec, inputs, output_folder, num_layers=None, make_levels=None):
     return summary
 
 
+def _holds_streams(folder):
+    return any(name.startswith("stream_") and name.endswith(".tfci")
+               for name in os.listdir(folder))
+
+
 def stream_folders(output_folder):
-    """Folders under `output_folder` holding a base-layer stream (itself first if it does)."""
-    base = bitstream.stream_filename("B")
-    if os.path.exists(os.path.join(output_folder, base)):
-        return [output_folder]
+    """`output_folder` if it holds stream files, else its subfolders that do (sorted).
+
+    A folder with any stream_*.tfci counts, so that a missing base layer next to an
+    enhancement layer is reported by name when its streams are read.
+    """
     if not os.path.isdir(output_folder):
         raise bitstream.BitstreamError(f"{output_folder}: no such folder of streams")
+    if _holds_streams(output_folder):
+        return [output_folder]
     folders = sorted(os.path.join(output_folder, d) for d in os.listdir(output_folder)
-                     if os.path.exists(os.path.join(output_folder, d, base)))
+                     if os.path.isdir(os.path.join(output_folder, d))
+                     and _holds_streams(os.path.join(output_folder, d)))
     if not folders:
-        raise bitstream.BitstreamError(f"{output_folder}: no {base} here or in its subfolders: "
-                                       "point --output_folder at the streams eval wrote")
+        raise bitstream.BitstreamError(
+            f"{output_folder}: no stream_*.tfci here or in its subfolders: "
+            "point --output_folder at the streams eval wrote")
     return folders
 
 
@@ -219,6 +258,9 @@ def decompress_folders(codec, output_folder, num_layers=None):
     """Receiver side: decode the streams under `output_folder` into rec PNGs (no input image)."""
     num_layers = codec.check_num_layers(num_layers)
     folders = stream_folders(output_folder)
+    # Check every folder's streams first: one bad file anywhere and no PNG is written.
+    for folder in folders:
+        codec.check_streams(folder, num_layers)
     for folder in folders:
         reconstructions, sizes = codec.decode(folder, num_layers)
         names = codec.config.layer_names[:num_layers]

@@ -3,11 +3,14 @@
 Checkpoints (model, optimizer, step and data-iterator position) go to the checkpoint
 directory every `checkpoint_secs` and at the end; a rerun resumes from the newest one.
 SIGINT/SIGTERM save a checkpoint before exiting; a non-finite loss stops training without
-overwriting the last good checkpoint. TensorBoard scalars go to `<checkpoint_dir>/train`.
+overwriting the last good checkpoint. The first batch is read before anything is written, so
+unreadable data fail with a TrainingError and no checkpoint directory is created.
+TensorBoard scalars go to `<checkpoint_dir>/train`.
 """
 
 import math
 import os
+import re
 import signal
 import time
 
@@ -35,6 +38,13 @@ class Interrupted(Exception):
 
 def prepare_checkpoint_dir(directory, config):
     """Save `config` into a new directory, or check it against the one already saved there."""
+    check_checkpoint_dir(directory, config)
+    if not os.path.exists(os.path.join(directory, CONFIG_NAME)):
+        config.save(directory)
+
+
+def check_checkpoint_dir(directory, config):
+    """ConfigError unless `directory` is new or holds `config`'s model; writes nothing."""
     if os.path.exists(os.path.join(directory, CONFIG_NAME)):
         saved = ModelConfig.load(directory)
         if saved != config:
@@ -46,7 +56,6 @@ def prepare_checkpoint_dir(directory, config):
     elif latest_checkpoint(directory):
         raise ConfigError(f"'{directory}' holds checkpoints but no {CONFIG_NAME}: "
                           "use a new --checkpoint_dir")
-    config.save(directory)
 
 
 class _SignalFlag:
@@ -76,6 +85,27 @@ class _SignalFlag:
             signal.signal(number, handler)
 
 
+def _first_line(error):
+    """An error's first line without TensorFlow's {{node ...}} / [Op:...] decorations."""
+    text = (getattr(error, "message", None) or str(error)).strip()
+    text = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", text).strip()
+    return text.splitlines()[0].strip()[:300] if text else type(error).__name__
+
+
+def _next_batch(iterator, step, manager, first=False):
+    """The next batch; a TrainingError when the data cannot be read (or run out)."""
+    try:
+        return next(iterator)
+    except (StopIteration, tf.errors.OpError) as error:
+        reason = "it ended" if isinstance(error, StopIteration) else _first_line(error)
+        if first:
+            raise TrainingError(f"cannot read the training data ({reason}): fix or remove "
+                                "the damaged files; training did not start") from None
+        raise TrainingError(f"cannot read the training data for step {step + 1} ({reason}): "
+                            "training stopped; the last checkpoint is kept "
+                            f"({manager.latest_checkpoint or 'none'})") from None
+
+
 def _format_metrics(metrics, layer_names):
     parts = [f"loss {metrics['loss']:.2f}"]
     for key in ("bpp", "psnr"):
@@ -92,7 +122,7 @@ def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
     Returns the final step. Raises TrainingError on a non-finite loss, Interrupted after
     saving on SIGINT/SIGTERM, ConfigError when `checkpoint_dir` holds another model.
     """
-    prepare_checkpoint_dir(checkpoint_dir, config)
+    check_checkpoint_dir(checkpoint_dir, config)
     model = build_model(config)
     optimizer = tf.keras.optimizers.Adam(learning_rate)
     model.compile(optimizer=optimizer)
@@ -113,6 +143,9 @@ def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
     if step >= last_step:
         print(f"already trained to step {step} (--last_step {last_step}): nothing to do")
         return step
+    # Unreadable data (that header checks missed) fail here, before anything is written.
+    pending = _next_batch(iterator, step, manager, first=True)
+    prepare_checkpoint_dir(checkpoint_dir, config)
 
     writer = tf.summary.create_file_writer(os.path.join(checkpoint_dir, "train"))
     train_step = make_step(model.train_step)
@@ -123,7 +156,10 @@ def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
           f"to {last_step}", flush=True)
     with _SignalFlag() as stop, writer.as_default():
         while step < last_step:
-            metrics = train_step(next(iterator))
+            if pending is None:
+                pending = _next_batch(iterator, step, manager)
+            batch, pending = pending, None
+            metrics = train_step(batch)
             step = int(optimizer.iterations)
             window_steps += 1
             loss = float(metrics["loss"])
