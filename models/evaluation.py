@@ -22,6 +22,7 @@ from models.scalable import PAD_MULTIPLE
 RESULTS_NAME = "results.json"
 FIELDS = ("eval_bpp", "actual_bpp", "bytes", "psnr", "ms_ssim")
 SPATIAL_FIELDS = ("height", "width", "layer_bpp")
+AVERAGED_FIELDS = FIELDS + ("layer_bpp",)  # sizes differ between images: not averaged
 
 
 def rec_filename(layer_name):
@@ -127,7 +128,7 @@ def average_layers(images):
     averaged = []
     for k, first in enumerate(images[0]["layers"]):
         entry = {"name": first["name"]}
-        for field in FIELDS + SPATIAL_FIELDS:
+        for field in AVERAGED_FIELDS:
             if field not in first:
                 continue
             values = [image["layers"][k][field] for image in images if k < len(image["layers"])]
@@ -140,7 +141,9 @@ def format_table(layers):
     """The per-layer table printed on the console."""
     header = f"  {'layer':<6}{'eval_bpp':>10}{'actual_bpp':>12}{'bytes':>9}{'psnr':>8}{'ms_ssim':>9}"
     if layers and "layer_bpp" in layers[0]:
-        header += f"{'layer_bpp':>11}{'size':>12}"
+        header += f"{'layer_bpp':>11}"
+    if layers and "height" in layers[0]:
+        header += f"{'size':>12}"
     lines = [header]
     for entry in layers:
         psnr = "inf" if entry["psnr"] is None else f"{entry['psnr']:.2f}"
@@ -148,8 +151,9 @@ def format_table(layers):
         line = (f"  {entry['name']:<6}{entry['eval_bpp']:>10.4f}{entry['actual_bpp']:>12.4f}"
                 f"{entry['bytes']:>9.0f}{psnr:>8}{ms_ssim:>9}")
         if "layer_bpp" in entry:
-            size = f"{entry['height']:.0f}x{entry['width']:.0f}"
-            line += f"{entry['layer_bpp']:>11.4f}{size:>12}"
+            line += f"{entry['layer_bpp']:>11.4f}"
+        if "height" in entry:
+            line += f"{entry['height']}x{entry['width']:<}".rjust(12)
         lines.append(line)
     return "\n".join(lines)
 
