@@ -1,0 +1,360 @@
+"""Speed and memory of the quality-scalable codec against simulcast (issue 5).
+
+    .venv/bin/python -m bench.speed [--image kodim01.png] [--runs 5] [--out bench/results/speed.json]
+
+Weights as they come (untrained: timing does not need training).  For each entropy model
+(hyperprior, factorized), on a 768x512 image (Kodak's kodim01 when present, else a seeded
+synthetic image of that size):
+
+- encode time (all 4 layers, through models.evaluation.Codec: analysis, prediction, range
+  coding, synthesis of every layer's reconstruction, stream files) and decode time for
+  k = 1..4 layers (Codec.decode: read + check streams, decode, write PNGs);
+- simulcast measured in the same run: four independent one-layer models (a one-element
+  ModelConfig layer list) of 96, 120, 144, 196 filters.  Simulcast encode = the four encodes
+  summed; simulcast decode at quality k = decoding single-layer model k's stream alone;
+- median of --runs runs after --warmup runs (the first call traces the tf.functions);
+- images/s and megapixels/s (encode, and decode of all layers);
+- per layer: actual bits (payload strings) / estimated bits (likelihoods) and header bytes of
+  the stream file (file size minus payload);
+- a breakdown of where the time goes (per-layer analysis, prediction, entropy coding and
+  synthesis as separate traced functions), to tell what is avoidable;
+- training step time at batch 8, patch 256 (--train_steps timed steps after one traced step)
+  and its ratio to the four single-layer steps summed (hyperprior only unless
+  --train_entropy_models says otherwise);
+- peak resident memory (ru_maxrss) of a 4000x3000 encode + decode, each in a fresh subprocess,
+  next to the peak of a subprocess that only builds the model (TensorFlow + weights).
+
+Prints a table and writes JSON (--out).  Timings on a shared machine are noisy: the ratios
+within one run are what count.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+DEFAULT_FILTERS = (96, 120, 144, 196)
+DEFAULT_LMBDAS = (250.0, 100.0, 50.0, 25.0)
+DEFAULT_IMAGE = "/work/shared/kodak/kodim01.png"
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure helpers (tested)
+
+
+def median_time(fn, runs: int, warmup: int):
+    """(median seconds over ``runs`` calls after ``warmup`` calls, all times, last result)."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times, result
+
+
+def ratio(a, b):
+    return None if not a or not b else float(a) / float(b)
+
+
+def throughput(seconds, height, width):
+    """(images/s, megapixels/s) for one image of height x width coded in ``seconds``."""
+    if not seconds:
+        return None, None
+    return 1.0 / seconds, height * width / 1e6 / seconds
+
+
+def header_bytes(file_size: int, strings) -> int:
+    """Stream bytes that are not payload."""
+    return int(file_size) - sum(len(s) for s in strings)
+
+
+def synthetic_image(height, width, seed=0):
+    """Smooth colour gradients plus texture noise (uint8), deterministic."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([128 + 100 * np.sin(x / 53.0 + c) * np.cos(y / 37.0 - c) for c in range(3)],
+                    axis=-1)
+    noise = rng.normal(0, 12, (height, width, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def format_table(report) -> str:
+    lines = []
+    for em, r in report["entropy_models"].items():
+        lines.append(f"== {em} ({report['image']['width']}x{report['image']['height']}, "
+                     f"filters {report['filters']}, median of {report['runs']} runs) ==")
+        s, m = r["scalable"], r["simulcast"]
+        lines.append(f"{'':24}{'scalable':>10}{'simulcast':>11}{'ratio':>8}")
+        lines.append(f"{'encode (s)':24}{s['encode_s']:>10.3f}{m['encode_s']:>11.3f}"
+                     f"{r['ratio']['encode']:>8.2f}")
+        for k in range(len(s["decode_s"])):
+            lines.append(f"{f'decode k={k + 1} (s)':24}{s['decode_s'][k]:>10.3f}"
+                         f"{m['decode_s'][k]:>11.3f}{r['ratio']['decode'][k]:>8.2f}")
+        lines.append(f"  scalable encode {s['encode_images_per_s']:.2f} images/s = "
+                     f"{s['encode_mp_per_s']:.2f} MP/s; decode (all layers) "
+                     f"{s['decode_images_per_s']:.2f} images/s = {s['decode_mp_per_s']:.2f} MP/s; "
+                     f"simulcast encode {m['encode_images_per_s']:.2f} images/s = "
+                     f"{m['encode_mp_per_s']:.2f} MP/s")
+        lines.append("  per layer: actual/estimated bits, header bytes")
+        for layer in s["layers"]:
+            lines.append(f"    {layer['name']:<4} payload {layer['payload_bytes']:>8} B  "
+                         f"actual/est {layer['actual_over_estimated']:.4f}  "
+                         f"header {layer['header_bytes']} B")
+        if r.get("breakdown"):
+            lines.append("  breakdown per layer (s): " + ", ".join(
+                f"{k}={v:.3f}" for k, v in r["breakdown"].items()))
+        if r.get("train"):
+            t = r["train"]
+            lines.append(f"  train step b{t.get('batch', 8)} p{t.get('patch', 256)}: scalable {t['scalable_step_s']:.2f} s, "
+                         f"singles summed {t['singles_step_s_sum']:.2f} s, ratio "
+                         f"{t['ratio']:.2f}")
+        if r.get("memory"):
+            mm = r["memory"]
+            lines.append(f"  peak RSS {mm['size']}: encode+decode {mm['code_peak_mib']:.0f} MiB "
+                         f"(model only {mm['build_peak_mib']:.0f} MiB), encode "
+                         f"{mm['encode_s']:.1f} s, decode {mm['decode_s']:.1f} s")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements (TensorFlow)
+
+
+def build_codec(filters, lmbdas, entropy_model):
+    from models.config import ModelConfig
+    from models.evaluation import Codec
+    from models.factory import build_model
+    names = ["B"] + [f"e{k}" for k in range(1, len(filters))]
+    config = ModelConfig(mode="quality", layer_names=names, filters=list(filters),
+                         lmbdas=list(lmbdas), entropy_model=entropy_model)
+    model = build_model(config)
+    model.prepare_coding()
+    return Codec(model)
+
+
+def measure_codec(codec, image, runs, warmup, folder):
+    """Encode / decode timings and per-layer bits of one codec on one image."""
+    from models import bitstream
+    n = codec.config.num_layers
+    levels = [image] * n
+    enc_s, enc_all, encoded = median_time(lambda: codec.encode(levels, folder), runs, warmup)
+    dec = []
+    for k in range(1, n + 1):
+        t, _, _ = median_time(lambda: codec.decode(folder, k), runs, warmup)
+        dec.append(t)
+    layers = []
+    for name, (size, est_bits, _) in zip(codec.config.layer_names, encoded):
+        path = os.path.join(folder, bitstream.stream_filename(name))
+        with open(path, "rb") as f:
+            stream = bitstream.decode(f.read(), path)
+        payload = sum(len(s) for s in stream.strings)
+        layers.append(dict(name=name, file_bytes=int(size), payload_bytes=int(payload),
+                           header_bytes=header_bytes(size, stream.strings),
+                           actual_bits=8 * payload, estimated_bits=float(est_bits),
+                           actual_over_estimated=ratio(8 * payload, est_bits)))
+    return dict(encode_s=enc_s, encode_runs=enc_all, decode_s=dec, layers=layers)
+
+
+def breakdown(codec, image, runs, warmup):
+    """Time of each part of the coding path, per layer, on the image's shapes."""
+    import tensorflow as tf
+    from models.image import pad_to_multiple
+    from models.scalable import PAD_MULTIPLE
+    model = codec.model
+    x = tf.cast(pad_to_multiple(image, PAD_MULTIPLE), tf.float32)[None] / 255.0
+    out, context = {}, None
+    for k in range(model.config.num_layers):
+        name = model.config.layer_names[k]
+        analysis = tf.function(lambda v, k=k: model.analysis[k](v))
+        t, _, latent = median_time(lambda: analysis(x), runs, warmup)
+        out[f"analysis_{name}"] = t
+        if k > 0:
+            predict = tf.function(lambda c, k=k: model._predict(k, c, tf.shape(latent)[1:3]))
+            t, _, prediction = median_time(lambda: predict(context), runs, warmup)
+            out[f"prediction_{name}"] = t
+        else:
+            prediction = tf.zeros_like(latent)
+        ent = model.entropy[k]
+        compress = tf.function(ent.compress)  # traced, as in the codec's per-layer functions
+        decompress = tf.function(ent.decompress)
+        residual = latent - prediction
+        t, _, coded = median_time(lambda: compress(residual), runs, warmup)
+        out[f"entropy_encode_{name}"] = t
+        strings, shapes, residual_hat, _ = coded
+        t, _, _ = median_time(lambda: decompress(strings, shapes), runs, warmup)
+        out[f"entropy_decode_{name}"] = t
+        context = model.extend_context(context, prediction + residual_hat, k)
+        synthesis = tf.function(lambda c, k=k: model.synthesis[k](c))
+        t, _, _ = median_time(lambda: synthesis(context), runs, warmup)
+        out[f"synthesis_{name}"] = t
+    return out
+
+
+def train_step_time(filters, lmbdas, entropy_model, steps, batch=8, patch=256):
+    """(median seconds of a training step after one traced step, trace+first step seconds)."""
+    import tensorflow as tf
+    from models.config import ModelConfig
+    from models.factory import build_model
+    names = ["B"] + [f"e{k}" for k in range(1, len(filters))]
+    config = ModelConfig(mode="quality", layer_names=names, filters=list(filters),
+                         lmbdas=list(lmbdas), entropy_model=entropy_model)
+    model = build_model(config)
+    optimizer = tf.keras.optimizers.Adam(1e-4)
+    model.compile(optimizer=optimizer)
+    optimizer.build(model.trainable_variables)
+    step = tf.function(model.train_step)
+    data = tf.random.stateless_uniform((batch, patch, patch, 3), seed=(1, 2))
+    start = time.perf_counter()
+    float(step(data)["loss"])
+    first = time.perf_counter() - start
+    t, _, _ = median_time(lambda: float(step(data)["loss"]), steps, 0)
+    return t, first
+
+
+def memory_child(kind, height, width, entropy_model, filters):
+    """Runs in a subprocess: build (and with kind == 'code', encode + decode a height x width
+    image); prints JSON with this process's peak RSS."""
+    codec = build_codec(filters, DEFAULT_LMBDAS[:len(filters)], entropy_model)
+    result = dict(kind=kind)
+    if kind == "code":
+        image = synthetic_image(height, width)
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            codec.encode([image] * len(filters), folder)
+            result["encode_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            codec.decode(folder, len(filters))
+            result["decode_s"] = time.perf_counter() - start
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print("MEMORY " + json.dumps(result), flush=True)
+
+
+def run_memory(height, width, entropy_model, filters):
+    out = {"size": f"{width}x{height}"}
+    for kind in ("build", "code"):
+        cmd = [sys.executable, "-m", "bench.speed", "--memory_child", kind,
+               "--memory_size", f"{width}x{height}", "--entropy_models", entropy_model,
+               "--filters", ",".join(map(str, filters))]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        line = [l for l in proc.stdout.splitlines() if l.startswith("MEMORY ")]
+        if proc.returncode != 0 or not line:
+            out[f"{kind}_error"] = (proc.stderr or proc.stdout)[-2000:]
+            continue
+        data = json.loads(line[-1][len("MEMORY "):])
+        out[f"{kind}_peak_mib"] = data["peak_rss_mib"]
+        for key in ("encode_s", "decode_s"):
+            if key in data:
+                out[key] = data[key]
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--image", default=DEFAULT_IMAGE,
+                   help="768x512 test image (a synthetic one when absent)")
+    p.add_argument("--size", default="768x512", help="WxH of the synthetic image")
+    p.add_argument("--filters", default=",".join(map(str, DEFAULT_FILTERS)))
+    p.add_argument("--entropy_models", default="hyperprior,factorized")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--train_steps", type=int, default=2,
+                   help="timed training steps (0 = skip the training measurement)")
+    p.add_argument("--train_entropy_models", default="hyperprior")
+    p.add_argument("--train_patch", type=int, default=256)
+    p.add_argument("--memory_size", default="4000x3000", help="WxH; 'none' skips memory")
+    p.add_argument("--memory_entropy_models", default="hyperprior,factorized")
+    p.add_argument("--no_breakdown", action="store_true")
+    p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "speed.json"))
+    p.add_argument("--memory_child", choices=("build", "code"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    filters = [int(v) for v in args.filters.split(",")]
+    lmbdas = list(DEFAULT_LMBDAS[:len(filters)]) + [25.0] * max(0, len(filters) - 4)
+    ems = [e for e in args.entropy_models.split(",") if e]
+    if args.memory_child:
+        w, h = (int(v) for v in args.memory_size.split("x"))
+        memory_child(args.memory_child, h, w, ems[0], filters)
+        return 0
+
+    from models.image import read_image
+    w, h = (int(v) for v in args.size.split("x"))
+    if args.image and os.path.exists(args.image):
+        image, source = read_image(args.image), args.image
+    else:
+        image, source = synthetic_image(h, w), f"synthetic {w}x{h}"
+    height, width = image.shape[:2]
+    import tensorflow as tf
+    report = dict(image=dict(source=source, height=height, width=width), filters=filters,
+                  runs=args.runs, warmup=args.warmup, entropy_models={},
+                  threads=dict(intra=tf.config.threading.get_intra_op_parallelism_threads(),
+                               inter=tf.config.threading.get_inter_op_parallelism_threads(),
+                               cpus=os.cpu_count()),
+                  load_average_start=os.getloadavg(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    for em in ems:
+        start = time.perf_counter()
+        entry = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            codec = build_codec(filters, lmbdas, em)
+            scal = measure_codec(codec, image, args.runs, args.warmup, os.path.join(tmp, "s"))
+            singles = []
+            for k, (f, l) in enumerate(zip(filters, lmbdas)):
+                c1 = build_codec([f], [l], em)
+                singles.append(measure_codec(c1, image, args.runs, args.warmup,
+                                             os.path.join(tmp, f"single{k}")))
+            sim = dict(encode_s=sum(s["encode_s"] for s in singles),
+                       decode_s=[s["decode_s"][0] for s in singles],
+                       single_encode_s=[s["encode_s"] for s in singles],
+                       single_layers=[s["layers"][0] for s in singles])
+            ips, mps = throughput(scal["encode_s"], height, width)
+            scal.update(encode_images_per_s=ips, encode_mp_per_s=mps)
+            ips, mps = throughput(scal["decode_s"][-1], height, width)
+            scal.update(decode_images_per_s=ips, decode_mp_per_s=mps)
+            ips, mps = throughput(sim["encode_s"], height, width)
+            sim.update(encode_images_per_s=ips, encode_mp_per_s=mps)
+            entry.update(scalable=scal, simulcast=sim, ratio=dict(
+                encode=ratio(scal["encode_s"], sim["encode_s"]),
+                decode=[ratio(a, b) for a, b in zip(scal["decode_s"], sim["decode_s"])],
+                decode_vs_singles_summed=[ratio(a, sum(sim["decode_s"][:k + 1]))
+                                          for k, a in enumerate(scal["decode_s"])]))
+            if not args.no_breakdown:
+                entry["breakdown"] = breakdown(codec, image, args.runs, args.warmup)
+        if args.train_steps and em in args.train_entropy_models.split(","):
+            t_s, first_s = train_step_time(filters, lmbdas, em, args.train_steps,
+                                           patch=args.train_patch)
+            singles_t = [train_step_time([f], [l], em, args.train_steps,
+                                         patch=args.train_patch) for f, l in zip(filters, lmbdas)]
+            entry["train"] = dict(batch=8, patch=args.train_patch, steps=args.train_steps,
+                                  scalable_step_s=t_s, scalable_first_step_s=first_s,
+                                  singles_step_s=[t for t, _ in singles_t],
+                                  singles_step_s_sum=sum(t for t, _ in singles_t),
+                                  ratio=ratio(t_s, sum(t for t, _ in singles_t)))
+        if args.memory_size != "none" and em in args.memory_entropy_models.split(","):
+            mw, mh = (int(v) for v in args.memory_size.split("x"))
+            entry["memory"] = run_memory(mh, mw, em, filters)
+        entry["seconds"] = time.perf_counter() - start
+        report["entropy_models"][em] = entry
+        print(format_table(dict(report, entropy_models={em: entry})), flush=True)
+    report["load_average_end"] = os.getloadavg()
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

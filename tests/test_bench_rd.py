@@ -1,0 +1,193 @@
+"""Fast tests of bench/rd.py's aggregation code on synthetic per-image results (no training,
+no TensorFlow model), and of bench/speed.py's pure helpers."""
+import json
+import os
+
+import pytest
+
+from bench import rd, results_io
+
+
+def _image(name, layers, spatial=False):
+    out = []
+    for k, (bpp, nbytes, psnr, ms) in enumerate(layers):
+        e = dict(name=["B", "e1", "e2", "e3"][k], eval_bpp=bpp * 0.98, actual_bpp=bpp,
+                 bytes=nbytes, psnr=psnr, ms_ssim=ms)
+        if spatial:
+            e.update(height=128 * 2 ** k, width=192 * 2 ** k, layer_bpp=bpp / 2)
+        out.append(e)
+    return dict(image=f"/k/{name}.png", height=512, width=768, layers=out)
+
+
+def _results(images):
+    return dict(images=images, average=dict(layers=[]))
+
+
+PIX = 768 * 512
+
+
+def _single(k, per_image):
+    """results.json of single-layer model k: per_image = {name: (bytes, psnr, ms)}."""
+    return _results([_image(n, [(b * 8 / PIX, b, p, m)]) for n, (b, p, m) in per_image.items()])
+
+
+def test_layer_points_and_average():
+    doc = _results([_image("a", [(0.1, 4915, 28.0, 0.90), (0.3, 9830, 31.0, 0.95)]),
+                    _image("b", [(0.2, 9830, 30.0, 0.92), (0.5, 9830, 33.0, None)])])
+    pts = rd.layer_points(doc)
+    assert [p["layer"] for p in pts[0]] == [1, 2]
+    avg = rd.average(pts)
+    assert avg[0]["bpp"] == pytest.approx(0.15)
+    assert avg[0]["psnr"] == pytest.approx(29.0)
+    assert avg[0]["ms_ssim"] == pytest.approx(0.91)
+    assert avg[1]["ms_ssim"] is None  # one image without MS-SSIM -> no mean
+    assert avg[1]["layer"] == 2
+    with pytest.raises(ValueError):
+        rd.average([pts[0], pts[1][:1]])
+
+
+def test_simulcast_sums_single_layer_rates():
+    singles = [_single(1, {"a": (1000, 28.0, 0.9), "b": (2000, 27.0, 0.8)}),
+               _single(2, {"b": (3000, 31.0, 0.9), "a": (2000, 30.0, 0.95)}),
+               _single(3, {"a": (4000, 33.0, 0.97), "b": (5000, 33.5, 0.96)})]
+    sp = rd.single_layer_points(singles)
+    assert [p["bytes"] for p in sp[0]] == [1000, 2000, 4000]  # matched by image name
+    sim = rd.simulcast_points(sp)
+    assert [p["bytes"] for p in sim[0]] == [1000, 3000, 7000]
+    assert [p["bytes"] for p in sim[1]] == [2000, 5000, 10000]
+    assert sim[0][2]["bpp"] == pytest.approx(7000 * 8 / PIX)
+    assert sim[1][1]["psnr"] == 31.0  # quality of single model 2
+    avg = rd.average(sim)
+    assert avg[2]["bpp"] == pytest.approx(8500 * 8 / PIX)
+    with pytest.raises(ValueError):
+        rd.single_layer_points([singles[0], _single(2, {"a": (1, 1.0, 0.5)})])
+
+
+def test_point_vs_curve():
+    anchor = {"bpp": [0.25, 0.5, 1.0, 2.0], "psnr": [28.0, 30.0, 32.0, 34.0]}
+    # same quality as the anchor at 0.5 bpp with 0.4 bpp: 20 % fewer bits
+    cmp = rd.point_vs_curve({"bpp": 0.4, "psnr": 30.0}, anchor)
+    assert cmp["rate_diff"] == pytest.approx(-20.0)
+    assert cmp["metric_diff"] > 0
+    # exactly on the curve
+    cmp = rd.point_vs_curve({"bpp": 1.0, "psnr": 32.0}, anchor)
+    assert cmp["rate_diff"] == pytest.approx(0.0, abs=1e-9)
+    assert cmp["metric_diff"] == pytest.approx(0.0, abs=1e-9)
+    # outside the anchor's range
+    cmp = rd.point_vs_curve({"bpp": 0.1, "psnr": 40.0}, anchor)
+    assert cmp == {"rate_diff": None, "metric_diff": None}
+
+
+def _curves_for_aggregate(tmp_path):
+    names = ["kodim01", "kodim02"]
+    # scalable: cumulative rates; singles slightly better at each rate
+    quality = _results([
+        _image(n, [(0.2 + d, int((0.2 + d) * PIX / 8), 27.0 + 10 * d, 0.90),
+                   (0.45 + d, 5000, 30.0 + 10 * d, 0.94),
+                   (0.8 + d, 6000, 32.5 + 10 * d, 0.96),
+                   (1.3 + d, 8000, 35.0 + 10 * d, 0.975)]) for n, d in zip(names, (0, 0.02))])
+    singles = []
+    for k, (bpp, psnr, ms) in enumerate([(0.18, 27.2, 0.905), (0.4, 30.1, 0.942),
+                                         (0.7, 32.6, 0.962), (1.15, 35.1, 0.976)]):
+        singles.append(_single(k + 1, {n: (int((bpp + d) * PIX / 8), psnr + 10 * d, ms)
+                                       for n, d in zip(names, (0, 0.02))}))
+    spatial = _results([
+        _image(n, [(0.5, 1500, 29.0, None), (0.6, 3000, 30.0, 0.95),
+                   (0.55, 20000, 31.0, 0.96)], spatial=True) for n in names])
+    docs = {"quality": quality, "spatial": spatial}
+    for k, s in enumerate(singles):
+        docs[f"single_{k + 1}"] = s
+    return docs
+
+
+def test_aggregate_writes_schema_json_plots_and_bd_table(tmp_path):
+    docs = _curves_for_aggregate(tmp_path)
+    out = str(tmp_path)
+    config = dict(filters=[8, 8, 8, 8], lmbdas=[250, 100, 50, 25], steps=3, patchsize=64,
+                  batchsize=2, entropy_model="hyperprior", spatial_filters=[8, 8, 8],
+                  spatial_lmbdas=[400, 300, 200], spatial_steps=3)
+    made = rd.aggregate(out, docs.get, 4, 3, config)
+    for stem in ("quality_scalable", "single_layer", "simulcast", "spatial_scalable",
+                 "single_layer_level3"):
+        assert stem in made
+        doc = results_io.read_results(os.path.join(out, f"{stem}.json"))  # schema check
+        assert set(results_io.REQUIRED_KEYS) <= set(doc["results"])
+    sim = results_io.read_results(os.path.join(out, "simulcast.json"))
+    single = results_io.read_results(os.path.join(out, "single_layer.json"))
+    assert sim["scalable"] is True and single["scalable"] is False
+    assert sim["results"]["bpp"][0] == pytest.approx(single["results"]["bpp"][0])
+    assert sim["results"]["bpp"][3] == pytest.approx(sum(single["results"]["bpp"]), rel=1e-3)
+    assert sim["results"]["psnr-rgb"] == single["results"]["psnr-rgb"]
+    assert os.path.getsize(os.path.join(out, "rd_quality.png")) > 1000
+    assert os.path.getsize(os.path.join(out, "rd_spatial.png")) > 1000
+    table = open(os.path.join(out, "bd_table.md")).read()
+    assert "akima" in table
+    assert "Ours-simulcast" in table and "Ours-single-layer" in table
+    # scalable costs bits against the single-layer models: positive BD-rate
+    rows = rd.bd_rows("Ours-single-layer", {d["name"]: d for d in made.values()},
+                      ["Ours-scalable"])
+    assert rows[0]["bd_rate"] > 0
+    # ... and saves bits against simulcast at the upper layers: BD-rate against simulcast
+    rows = rd.bd_rows("Ours-simulcast", {d["name"]: d for d in made.values()}, ["Ours-scalable"])
+    assert rows[0]["bd_rate"] < 0
+    assert "Spatial" in table
+    json.dumps(made)  # JSON-serialisable
+
+
+def test_aggregate_with_partial_results(tmp_path):
+    docs = _curves_for_aggregate(tmp_path)
+    only = {"quality": docs["quality"]}
+    made = rd.aggregate(str(tmp_path), only.get, 4, 3, {})
+    assert sorted(made) == ["quality_scalable"]
+    assert os.path.exists(tmp_path / "bd_table.md")
+
+
+def test_main_skips_without_data(tmp_path, capsys):
+    assert rd.main(["--train_dir", str(tmp_path / "nope"), "--kodak", str(tmp_path / "nope"),
+                    "--out", str(tmp_path / "out"), "--work_dir", str(tmp_path / "w")]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_parse_args_profiles():
+    a = rd.parse_args(["--profile", "gpu"])
+    assert a.filters == [96, 120, 144, 196] and a.patchsize == 256 and a.steps == 20000
+    a = rd.parse_args(["--profile", "cpu", "--steps", "7", "--filters", "8,8", "--lmbdas", "1,2"])
+    assert a.steps == 7 and a.single_steps == 7 and a.filters == [8, 8]
+
+
+def test_speed_helpers():
+    from bench import speed
+    calls = []
+    t, times, result = speed.median_time(lambda: calls.append(1) or len(calls), runs=3, warmup=2)
+    assert len(calls) == 5 and len(times) == 3 and result == 5 and t >= 0
+    assert speed.ratio(3.0, 2.0) == 1.5 and speed.ratio(1.0, 0) is None
+    ips, mps = speed.throughput(0.5, 512, 768)
+    assert ips == 2.0 and mps == pytest.approx(2 * 512 * 768 / 1e6)
+    assert speed.header_bytes(100, [b"x" * 30, b"y" * 20]) == 50
+    img = speed.synthetic_image(32, 48)
+    assert img.shape == (32, 48, 3) and img.dtype.name == "uint8"
+    assert (speed.synthetic_image(32, 48) == img).all()
+
+
+def test_speed_table_format():
+    from bench import speed
+    layer = dict(name="B", payload_bytes=100, actual_over_estimated=1.01, header_bytes=50)
+    entry = dict(scalable=dict(encode_s=1.0, decode_s=[0.5, 0.8], encode_images_per_s=1.0,
+                               encode_mp_per_s=0.4, decode_images_per_s=1.25,
+                               decode_mp_per_s=0.5, layers=[layer, dict(layer, name="e1")]),
+                 simulcast=dict(encode_s=0.9, decode_s=[0.4, 0.45], encode_images_per_s=1.1,
+                                encode_mp_per_s=0.44),
+                 ratio=dict(encode=1.11, decode=[1.25, 1.78]),
+                 train=dict(scalable_step_s=2.0, singles_step_s_sum=1.8, ratio=1.11),
+                 memory=dict(size="4000x3000", code_peak_mib=5000.0, build_peak_mib=900.0,
+                             encode_s=30.0, decode_s=20.0))
+    text = speed.format_table(dict(image=dict(width=768, height=512), filters=[8, 8], runs=3,
+                                   entropy_models={"hyperprior": entry}))
+    assert "decode k=2" in text and "1.78" in text and "4000x3000" in text
+
+
+def test_point_vs_non_monotonic_anchor_is_not_interpolated():
+    anchor = {"bpp": [0.25, 0.5, 1.0, 2.0], "psnr": [28.0, 31.0, 30.0, 34.0]}
+    assert rd.point_vs_curve({"bpp": 0.7, "psnr": 30.5}, anchor) == {"rate_diff": None,
+                                                                      "metric_diff": None}
