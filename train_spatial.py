@@ -33,6 +33,9 @@ def main(args):
     from models import data
     config = cli.config_from_flags(args, "spatial")
     cli.check_training_flags(args)
+    if config.num_layers > 3:  # the TFRecords hold 3 levels: full, half and quarter
+        raise ConfigError(f"a spatial model trained from TFRecords has at most 3 layers "
+                          f"(got {config.num_layers} filters): give 2 or 3 values to --filters")
     multiple = 16 << (config.num_layers - 1)  # the lowest level is a multiple of 16 too
     if args.patchsize % multiple:
         raise ConfigError(f"--patchsize {args.patchsize} must be a multiple of {multiple} "
@@ -40,6 +43,8 @@ def main(args):
     files = data.check_tfrecords(args.train_tfrecords, args.patchsize)
     dataset = data.pyramid_dataset(files, args.batchsize, args.patchsize, seed=args.seed,
                                    preprocess_threads=args.preprocess_threads)
+    if config.num_layers < 3:  # (quarter, half, full) -> the top num_layers levels
+        dataset = dataset.map(lambda *levels: levels[3 - config.num_layers:])
     cli.train_from_flags(args, config, dataset)
 
 

@@ -153,7 +153,17 @@ def load_codec(args, mode):
     tf.get_logger().setLevel("ERROR")
     from models.checkpoints import load_trained_model
     from models.evaluation import Codec
-    requested = dict(filters=requested_filters(args, mode), entropy_model=args.entropy_model)
+    filters = requested_filters(args, mode)
+    given = {name: getattr(args, f"num_filters_{name}")
+             for name in DEFAULTS[mode]["layer_names"]}
+    given = {name: value for name, value in given.items() if value is not None}
+    if filters is None and given:
+        # Only some per-layer flags (e.g. --num_filters_B): check those against the saved
+        # filters instead of ignoring them.
+        saved = ModelConfig.load(args.checkpoint_dir)
+        filters = [given.pop(name, value) for name, value in zip(saved.layer_names, saved.filters)]
+        filters += list(given.values())  # flags of layers the checkpoint does not have
+    requested = dict(filters=filters, entropy_model=args.entropy_model)
     return Codec(load_trained_model(args.checkpoint_dir, mode, **requested))
 
 

@@ -126,7 +126,8 @@ class ScalableModel(tf.keras.Model):
 
     def build_weights(self):
         """Create all variables by running the model once on a small zero input."""
-        self(self.example_inputs(), training=False)
+        # training=True: the same variables, without eagerly estimating quantization offsets.
+        self(self.example_inputs(), training=True)
 
     def weights_digest(self):
         """8-byte digest of the trained weights, stored in every stream."""

@@ -1,0 +1,241 @@
+"""End-to-end tests of the command-line scripts, run as subprocesses from the repo root.
+
+They reuse the session's tiny checkpoints (tests/conftest.py: a 2-layer hyperprior quality
+model and a 3-layer factorized spatial model, both trained with the real train scripts).
+Independent processes are started together to use both CPU cores.
+"""
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import describe, finish, smooth_image, start_script
+
+SCRIPTS = ["train_quality.py", "train_spatial.py", "eval_quality.py", "eval_spatial.py",
+           "create_tfrecords.py"]
+IMAGES = {"big": (333, 517), "dot": (1, 1)}
+LAYER_FIELDS = {"name", "eval_bpp", "actual_bpp", "bytes", "psnr", "ms_ssim"}
+SPATIAL_FIELDS = LAYER_FIELDS | {"height", "width", "layer_bpp"}
+
+
+def _read_png(path):
+    with Image.open(path) as image:
+        assert image.mode == "RGB"
+        return np.asarray(image)
+
+
+def _files(folder):
+    return sorted(os.listdir(folder))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A folder of two images: 333x517 (no side a multiple of 16) and 1x1."""
+    folder = tmp_path_factory.mktemp("inputs")
+    for seed, (name, (height, width)) in enumerate(IMAGES.items()):
+        Image.fromarray(smooth_image(height, width, seed=40 + seed)).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def helps():
+    """Every script's --help, started (not awaited) so it overlaps the evaluations."""
+    return {script: start_script(script, "--help") for script in SCRIPTS}
+
+
+@pytest.fixture(scope="module")
+def runs(helps, tiny_checkpoints, inputs, tmp_path_factory):
+    """Every CLI process of this module, started as early as their inputs allow:
+
+    at once: eval_quality.py and eval_spatial.py on the folder and an eval with mismatching
+    filters; when the quality streams exist: --decompress of all layers of both images, and
+    --decompress --num_layers 1 with only stream_B.tfci present.
+    Returns (output folder, receiver folder, {key: CompletedProcess}).
+    """
+    out = tmp_path_factory.mktemp("eval")
+    receiver = tmp_path_factory.mktemp("receiver")
+    processes = {
+        "quality": start_script("eval_quality.py", "--input_image", inputs,
+                                "--output_folder", out / "quality",
+                                "--checkpoint_dir", tiny_checkpoints.quality_dir),
+        "spatial": start_script("eval_spatial.py", "--input_image", inputs,
+                                "--output_folder", out / "spatial",
+                                "--checkpoint_dir", tiny_checkpoints.spatial_dir),
+        "mismatch": start_script("eval_quality.py", "--input_image", inputs / "dot.png",
+                                 "--output_folder", out / "mismatch", "--num_filters_B", "16",
+                                 "--checkpoint_dir", tiny_checkpoints.quality_dir),
+    }
+    results = {"quality": finish(processes.pop("quality"))}
+    if results["quality"].returncode == 0:
+        full = receiver / "full"
+        shutil.copytree(out / "quality", full,
+                        ignore=shutil.ignore_patterns("*.png", "results.json"))
+        base_only = receiver / "base_only"
+        os.makedirs(base_only)
+        shutil.copy(out / "quality" / "big" / "stream_B.tfci", base_only)
+        processes["full"] = start_script(
+            "eval_quality.py", "--decompress", "--output_folder", full,
+            "--checkpoint_dir", tiny_checkpoints.quality_dir)
+        processes["base_only"] = start_script(
+            "eval_quality.py", "--decompress", "--num_layers", "1",
+            "--output_folder", base_only, "--checkpoint_dir", tiny_checkpoints.quality_dir)
+    results.update((key, finish(process)) for key, process in processes.items())
+    return out, receiver, results
+
+
+@pytest.fixture(scope="module")
+def evals(runs):
+    out, _, results = runs
+    for key in ("quality", "spatial"):
+        assert results[key].returncode == 0, describe(results[key])
+    return out, results
+
+
+@pytest.fixture(scope="module")
+def decompressed(runs, evals):
+    _, receiver, results = runs
+    return receiver, results
+
+
+def test_resume_prints_the_step(tiny_checkpoints):
+    first, last = tiny_checkpoints.quality_steps
+    assert "resuming" not in tiny_checkpoints.quality_output
+    assert f"done: step {first}" in tiny_checkpoints.quality_output
+    assert f"resuming from step {first}" in tiny_checkpoints.resumed_output
+    assert f"done: step {last}" in tiny_checkpoints.resumed_output
+    assert os.path.exists(os.path.join(tiny_checkpoints.quality_dir, f"ckpt-{last}.index"))
+    with open(os.path.join(tiny_checkpoints.quality_dir, "config.json")) as f:
+        config = json.load(f)
+    assert config["filters"] == [8, 8] and config["entropy_model"] == "hyperprior"
+
+
+def test_eval_quality_folder_writes_streams_pngs_and_results(evals, inputs):
+    out, results = evals
+    quality = out / "quality"
+    assert _files(quality) == ["big", "dot", "results.json"]
+    for name in IMAGES:
+        assert _files(quality / name) == ["rec_B.png", "rec_e1.png",
+                                          "stream_B.tfci", "stream_e1.tfci"]
+    with open(quality / "results.json") as f:
+        summary = json.load(f)
+    assert set(summary) == {"images", "average"}
+    assert set(summary["average"]) == {"layers"}
+    assert [os.path.basename(entry["image"]) for entry in summary["images"]] == [
+        "big.png", "dot.png"]
+    for entry in summary["images"]:
+        assert set(entry) == {"image", "height", "width", "layers"}
+        name = os.path.splitext(os.path.basename(entry["image"]))[0]
+        assert (entry["height"], entry["width"]) == IMAGES[name]
+        assert [layer["name"] for layer in entry["layers"]] == ["B", "e1"]
+        for k, layer in enumerate(entry["layers"]):
+            assert set(layer) == LAYER_FIELDS
+            size = os.path.getsize(quality / name / f"stream_{layer['name']}.tfci")
+            assert layer["bytes"] == size
+            # Quality rates are cumulative: streams B..k over the image's pixels.
+            total = sum(os.path.getsize(quality / name / f"stream_{l['name']}.tfci")
+                        for l in entry["layers"][:k + 1])
+            pixels = entry["height"] * entry["width"]
+            assert layer["actual_bpp"] == pytest.approx(8 * total / pixels)
+            assert layer["eval_bpp"] > 0
+            if name == "big":
+                assert layer["psnr"] > 10 and 0 < layer["ms_ssim"] <= 1
+        # MS-SSIM needs 161 pixels per side: a number for 333x517, null for 1x1.
+        assert all((layer["ms_ssim"] is None) == (name == "dot") for layer in entry["layers"])
+        bpps = [layer["actual_bpp"] for layer in entry["layers"]]
+        assert bpps[1] > bpps[0]
+    average = summary["average"]["layers"]
+    assert [layer["name"] for layer in average] == ["B", "e1"]
+    for k, layer in enumerate(average):
+        assert set(layer) == LAYER_FIELDS
+        assert layer["bytes"] == pytest.approx(
+            np.mean([entry["layers"][k]["bytes"] for entry in summary["images"]]))
+    assert "average over 2 image(s)" in results["quality"].stdout
+
+
+def test_eval_quality_round_trips_odd_sizes_exactly(evals, inputs):
+    out, _ = evals
+    with open(out / "quality" / "results.json") as f:
+        psnrs = {os.path.splitext(os.path.basename(entry["image"]))[0]:
+                 [layer["psnr"] for layer in entry["layers"]] for entry in json.load(f)["images"]}
+    for name, size in IMAGES.items():
+        original = _read_png(inputs / f"{name}.png")
+        for k, layer in enumerate(("B", "e1")):
+            reconstruction = _read_png(out / "quality" / name / f"rec_{layer}.png")
+            assert reconstruction.shape == (*size, 3)
+            mse = np.mean((reconstruction.astype(float) - original) ** 2)
+            if mse > 0:  # results.json measures the written PNG against the input
+                assert psnrs[name][k] == pytest.approx(10 * np.log10(255 ** 2 / mse), rel=1e-6)
+            if name == "big":  # not garbage (a barely trained model gives ~15-17 dB)
+                assert psnrs[name][k] > 10
+
+
+def test_eval_spatial_round_trips_odd_sizes_exactly(evals):
+    out, results = evals
+    spatial = out / "spatial"
+    with open(spatial / "results.json") as f:
+        summary = json.load(f)
+    assert set(summary) == {"images", "average"}
+    for entry in summary["images"]:
+        name = os.path.splitext(os.path.basename(entry["image"]))[0]
+        height, width = IMAGES[name]
+        assert (entry["height"], entry["width"]) == (height, width)
+        expected = [(math.ceil(height / 4), math.ceil(width / 4)),
+                    (math.ceil(height / 2), math.ceil(width / 2)), (height, width)]
+        assert [layer["name"] for layer in entry["layers"]] == ["B", "e1", "e2"]
+        assert _files(spatial / name) == ["rec_B.png", "rec_e1.png", "rec_e2.png",
+                                          "stream_B.tfci", "stream_e1.tfci", "stream_e2.tfci"]
+        for layer, size in zip(entry["layers"], expected):
+            assert set(layer) == SPATIAL_FIELDS
+            assert (layer["height"], layer["width"]) == size
+            assert _read_png(spatial / name / f"rec_{layer['name']}.png").shape == (*size, 3)
+            stream_bytes = os.path.getsize(spatial / name / f"stream_{layer['name']}.tfci")
+            assert layer["bytes"] == stream_bytes
+            assert layer["layer_bpp"] == pytest.approx(8 * stream_bytes / (size[0] * size[1]))
+    # Averages hold the rates and quality; sizes differ between images and are left out.
+    assert [set(layer) for layer in summary["average"]["layers"]] == [
+        LAYER_FIELDS | {"layer_bpp"}] * 3
+
+
+def test_decompress_in_a_separate_process_gives_identical_pixels(evals, decompressed):
+    out, _ = evals
+    receiver, results = decompressed
+    assert results["full"].returncode == 0, describe(results["full"])
+    for name in IMAGES:
+        assert _files(receiver / "full" / name) == ["rec_B.png", "rec_e1.png",
+                                                    "stream_B.tfci", "stream_e1.tfci"]
+        for layer in ("B", "e1"):
+            sent = _read_png(out / "quality" / name / f"rec_{layer}.png")
+            received = _read_png(receiver / "full" / name / f"rec_{layer}.png")
+            np.testing.assert_array_equal(received, sent)
+
+
+def test_decompress_base_layer_from_its_stream_alone(evals, decompressed):
+    out, _ = evals
+    receiver, results = decompressed
+    assert results["base_only"].returncode == 0, describe(results["base_only"])
+    assert _files(receiver / "base_only") == ["rec_B.png", "stream_B.tfci"]
+    np.testing.assert_array_equal(_read_png(receiver / "base_only" / "rec_B.png"),
+                                  _read_png(out / "quality" / "big" / "rec_B.png"))
+
+
+def test_eval_with_mismatching_filters_fails_with_one_line(evals):
+    out, results = evals
+    result = results["mismatch"]
+    assert result.returncode != 0, describe(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), describe(result)
+    # Names both values: the saved filters and the requested ones (--num_filters_B 16).
+    assert "[8, 8]" in lines[0] and "[16, 8]" in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(out / "mismatch" / "stream_B.tfci")
+
+
+def test_help_of_every_script(helps):
+    for script, process in helps.items():
+        result = finish(process)
+        assert result.returncode == 0, describe(result)
+        assert "usage:" in result.stdout and "--" in result.stdout, script
