@@ -119,25 +119,12 @@ def per_image(results: Mapping) -> Dict[str, Dict]:
 
 
 def average(per_image_points: Sequence[Sequence[Mapping]]) -> List[Dict]:
-    """Point-wise mean over images of bpp, psnr, ms_ssim, bytes (None if any image has None;
-    inf PSNR is stored as None by the eval scripts and makes the mean None)."""
+    """Point-wise mean over images (bench.anchors.average_points); inf PSNR is stored as
+    None by the eval scripts and makes the mean None."""
     if not per_image_points:
         raise ValueError("no images")
-    n = {len(p) for p in per_image_points}
-    if len(n) != 1:
-        raise ValueError(f"images have different numbers of points: {sorted(n)}")
-    out = []
-    for i in range(n.pop()):
-        pts = [p[i] for p in per_image_points]
-        avg = {}
-        for key in ("bpp", "psnr", "ms_ssim", "bytes"):
-            vals = [p.get(key) for p in pts]
-            avg[key] = None if any(v is None for v in vals) else float(np.mean(vals))
-        for key, val in pts[0].items():
-            if key not in avg and all(p.get(key) == val for p in pts):
-                avg[key] = val
-        out.append(avg)
-    return out
+    from bench import anchors
+    return anchors.average_points(per_image_points)
 
 
 def single_layer_points(single_results: Sequence[Mapping]) -> List[List[Dict]]:
