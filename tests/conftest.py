@@ -204,3 +204,23 @@ def tiny_checkpoints():
     if _tiny is None:
         _tiny = _TinyCheckpoints()
     return _tiny.wait()
+
+
+def run_script_in_process(script, args):
+    """Run `python script args` in this process (its __main__ block); (code, stdout, stderr)."""
+    import contextlib
+    import io
+    import runpy
+    from absl import app
+    app._register_and_parse_flags_with_usage.done = False  # absl allows one parse per process
+    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
+    sys.argv = [script] + [str(a) for a in args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()

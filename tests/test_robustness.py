@@ -10,11 +10,8 @@ in-process, and one real subprocess (checkpoint loading and exit code as users s
 CLIs run in-process through their own `__main__` block (runpy); only `cli.load_codec` is
 replaced by the already loaded model where the loading itself is not what is tested.
 """
-import contextlib
-import io
 import json
 import os
-import runpy
 import shutil
 import subprocess
 import sys
@@ -26,6 +23,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from conftest import run_script_in_process
 from models import cli
 from models.config import ModelConfig
 from models.evaluation import Codec
@@ -39,21 +37,7 @@ SPATIAL = ModelConfig(mode="spatial", layer_names=["B", "e1"], filters=[4, 4],
 RNG = np.random.default_rng(4)
 
 
-def run_script(script, args):
-    """Run `python script args` in this process (its __main__ block); (code, stdout, stderr)."""
-    from absl import app
-    app._register_and_parse_flags_with_usage.done = False  # absl allows one parse per process
-    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
-    sys.argv = [script] + [str(a) for a in args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
+run_script = run_script_in_process
 
 
 def error_line(code, err, *needles):

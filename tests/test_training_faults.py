@@ -7,7 +7,6 @@ exit code matters, and in-process (runpy, same __main__ block) where only the er
 import os
 import random
 import re
-import runpy
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from conftest import run_script_in_process
 from models import data, training
 from models.config import ModelConfig
 
@@ -112,19 +112,7 @@ def assert_checkpoints_complete(directory):
 
 def run_script(script, args, capsys):
     """Run a CLI in this process exactly as `python script args` does; (code, stdout, stderr)."""
-    from absl import app
-    app._register_and_parse_flags_with_usage.done = False  # absl allows one parse per process
-    argv = sys.argv
-    sys.argv = [script] + [str(a) for a in args]
-    try:
-        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_script_in_process(script, args)
 
 
 def assert_one_line_error(code, err, *needles):
