@@ -37,7 +37,7 @@ def main(args):
     checkpoints = os.path.join(args.workdir, "quality_model")
     run("train_quality.py", "--train_glob", os.path.join(photos, "*"), "--checkpoint_dir",
         checkpoints, "--filters", "16,16,16,16", "--patchsize", "64", "--batchsize", "8",
-        "--last_step", str(args.last_step), "--log_every", "50")
+        "--last_step", str(args.last_step), "--learning_rate", "1e-3", "--log_every", "50")
     run("eval_quality.py", "--input_image", test_image, "--output_folder",
         os.path.join(args.workdir, "output"), "--checkpoint_dir", checkpoints)
 
