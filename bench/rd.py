@@ -163,34 +163,36 @@ def simulcast_points(single_per_image: Sequence[Sequence[Mapping]]) -> List[List
     return out
 
 
-def interp_log_rate(anchor_bpp: Sequence[float], anchor_metric: Sequence[float],
-                    metric: float) -> Optional[float]:
-    """Rate of the anchor at ``metric`` (piecewise linear in log10 rate), None outside."""
-    pairs = sorted((float(m), float(r)) for r, m in zip(anchor_bpp, anchor_metric)
-                   if r is not None and m is not None and r > 0)
-    if len(pairs) < 2:
-        return None
-    ms = np.array([p[0] for p in pairs])
-    rs = np.log10([p[1] for p in pairs])
-    # the anchor must be a proper RD curve (rate and metric both strictly increasing)
-    if np.any(np.diff(ms) <= 0) or np.any(np.diff(rs) <= 0) or not (ms[0] <= metric <= ms[-1]):
-        return None
-    return float(10 ** np.interp(metric, ms, rs))
-
-
-def interp_metric(anchor_bpp: Sequence[float], anchor_metric: Sequence[float],
-                  bpp: float) -> Optional[float]:
-    """Metric of the anchor at ``bpp`` (piecewise linear in log10 rate), None outside."""
+def _rd_curve(anchor_bpp: Sequence[float], anchor_metric: Sequence[float]):
+    """(log10 rates, metrics) sorted by rate, or None unless the anchor is a proper RD curve
+    (at least 2 points, rate and metric both strictly increasing)."""
     pairs = sorted((float(r), float(m)) for r, m in zip(anchor_bpp, anchor_metric)
                    if r is not None and m is not None and r > 0)
     if len(pairs) < 2:
         return None
     rs = np.log10([p[0] for p in pairs])
     ms = np.array([p[1] for p in pairs])
-    x = np.log10(bpp)
-    if np.any(np.diff(rs) <= 0) or np.any(np.diff(ms) <= 0) or not (rs[0] <= x <= rs[-1]):
+    if np.any(np.diff(rs) <= 0) or np.any(np.diff(ms) <= 0):
         return None
-    return float(np.interp(x, rs, ms))
+    return rs, ms
+
+
+def interp_log_rate(anchor_bpp: Sequence[float], anchor_metric: Sequence[float],
+                    metric: float) -> Optional[float]:
+    """Rate of the anchor at ``metric`` (piecewise linear in log10 rate), None outside."""
+    curve = _rd_curve(anchor_bpp, anchor_metric)
+    if curve is None or not curve[1][0] <= metric <= curve[1][-1]:
+        return None
+    return float(10 ** np.interp(metric, curve[1], curve[0]))
+
+
+def interp_metric(anchor_bpp: Sequence[float], anchor_metric: Sequence[float],
+                  bpp: float) -> Optional[float]:
+    """Metric of the anchor at ``bpp`` (piecewise linear in log10 rate), None outside."""
+    curve = _rd_curve(anchor_bpp, anchor_metric)
+    if curve is None or not curve[0][0] <= np.log10(bpp) <= curve[0][-1]:
+        return None
+    return float(np.interp(np.log10(bpp), curve[0], curve[1]))
 
 
 def point_vs_curve(point: Mapping, anchor, metric: str = "psnr") -> Dict:

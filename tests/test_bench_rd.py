@@ -191,3 +191,13 @@ def test_point_vs_non_monotonic_anchor_is_not_interpolated():
     anchor = {"bpp": [0.25, 0.5, 1.0, 2.0], "psnr": [28.0, 31.0, 30.0, 34.0]}
     assert rd.point_vs_curve({"bpp": 0.7, "psnr": 30.5}, anchor) == {"rate_diff": None,
                                                                       "metric_diff": None}
+
+
+def test_interpolation_against_an_anchor_curve():
+    bpp, psnr = [0.1, 0.2, 0.4], [25.0, 28.0, 31.0]
+    assert rd.interp_log_rate(bpp, psnr, 28.0) == pytest.approx(0.2)
+    assert rd.interp_metric(bpp, psnr, 0.2) == pytest.approx(28.0)
+    assert rd.interp_metric(bpp, psnr, 0.1 * 2 ** 0.5) == pytest.approx(26.5)  # linear in log rate
+    assert rd.interp_log_rate(bpp, psnr, 32.0) is None  # outside the curve
+    assert rd.interp_metric(bpp, psnr, 0.05) is None
+    assert rd.interp_metric(bpp, [25.0, 24.0, 31.0], 0.2) is None  # not an RD curve
