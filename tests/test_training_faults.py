@@ -332,6 +332,16 @@ def test_bad_training_data_fails_before_anything_is_written(bad_data, tmp_path, 
     assert not directory.exists(), sorted(os.listdir(directory))
 
 
+def rerun_and_resume(command, directory, complete):
+    """Rerun training; it must resume from step `complete` and then save a later checkpoint."""
+    run = Training(command)
+    run.wait_until(run.resumed_step, STARTUP_TIMEOUT, "'resuming from step N'")
+    assert run.resumed_step() == complete, run.text()
+    run.wait_until(lambda: latest_step(directory) > complete, STARTUP_TIMEOUT,
+                   "a checkpoint after the resume")
+    return run
+
+
 # Last: the slowest (three real training processes).
 def test_sigkill_mid_save_and_at_random_then_sigint_resume_cleanly(images, tmp_path, capsys):
     """(a) kill -9 twice (mid-save, random moment), (b) SIGINT -> 130; every rerun resumes."""
@@ -344,21 +354,13 @@ def test_sigkill_mid_save_and_at_random_then_sigint_resume_cleanly(images, tmp_p
     assert "resuming" not in first.text()
     complete = assert_checkpoints_complete(directory)
 
-    second = Training(command)
-    second.wait_until(second.resumed_step, STARTUP_TIMEOUT, "'resuming from step N'")
-    assert second.resumed_step() == complete, second.text()
-    second.wait_until(lambda: latest_step(directory) > complete, STARTUP_TIMEOUT,
-                      "a checkpoint after the resume")
+    second = rerun_and_resume(command, directory, complete)
     time.sleep(random.Random().uniform(0.0, 1.0))
     assert second.stop(signal.SIGKILL) == -signal.SIGKILL
     assert "cannot resume" not in second.text()
     complete = assert_checkpoints_complete(directory)
 
-    third = Training(command)
-    third.wait_until(third.resumed_step, STARTUP_TIMEOUT, "'resuming from step N'")
-    assert third.resumed_step() == complete, third.text()
-    third.wait_until(lambda: latest_step(directory) > complete, STARTUP_TIMEOUT,
-                     "a checkpoint after the resume")
+    third = rerun_and_resume(command, directory, complete)
     code = third.stop(signal.SIGINT)
     text = third.text()
     assert code == 130, text
