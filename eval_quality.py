@@ -3,6 +3,8 @@
 Example:
   python eval_quality.py --input_image kodak/ --output_folder out --checkpoint_dir runs/quality
   python eval_quality.py --decompress --num_layers 1 --output_folder out --checkpoint_dir runs/quality
+  python eval_quality.py --decompress --num_layers 3 --last_layer_only --output_folder out \
+      --checkpoint_dir runs/quality
 """
 
 from models import cli

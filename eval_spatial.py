@@ -5,6 +5,8 @@ ceil(H/2) x ceil(W/2) and H x W, made with Pillow's Lanczos filter (as create_tf
 unless --input_image_half and --input_image_quater give them.
 Example:
   python eval_spatial.py --input_image kodak/ --output_folder out --checkpoint_dir runs/spatial
+  python eval_spatial.py --decompress --num_layers 2 --last_layer_only --output_folder out \
+      --checkpoint_dir runs/spatial   # only the half-resolution image
 """
 
 import os

@@ -21,7 +21,7 @@ synthetic image of that size):
 - training step time at batch 8, patch 256 (--train_steps timed steps after one traced step)
   and its ratio to the four single-layer steps summed (hyperprior only unless
   --train_entropy_models says otherwise);
-- peak resident memory (ru_maxrss) of a 4000x3000 encode + decode, each in a fresh subprocess,
+- peak resident memory (VmHWM) of a 4000x3000 encode + decode, each in a fresh subprocess,
   next to the peak of a subprocess that only builds the model (TensorFlow + weights).
 
 Prints a table and writes JSON (--out).  Timings on a shared machine are noisy: the ratios
@@ -97,18 +97,27 @@ def format_table(report) -> str:
     for em, r in report["entropy_models"].items():
         lines.append(f"== {em} ({report['image']['width']}x{report['image']['height']}, "
                      f"filters {report['filters']}, median of {report['runs']} runs) ==")
-        s, m = r["scalable"], r["simulcast"]
-        lines.append(f"{'':24}{'scalable':>10}{'simulcast':>11}{'ratio':>8}")
-        lines.append(f"{'encode (s)':24}{s['encode_s']:>10.3f}{m['encode_s']:>11.3f}"
-                     f"{r['ratio']['encode']:>8.2f}")
+        s, m, q = r["scalable"], r["simulcast"], r["ratio"]
+        lines.append(f"{'':28}{'scalable':>10}{'simulcast':>11}{'ratio':>8}")
+        rows = [("encode, streams only (s)", s["encode_s"], m["encode_s"], q["encode"]),
+                ("encode + reconstructions", s["encode_reconstruct_s"],
+                 m["encode_reconstruct_s"], q["encode_reconstruct"])]
         for k in range(len(s["decode_s"])):
-            lines.append(f"{f'decode k={k + 1} (s)':24}{s['decode_s'][k]:>10.3f}"
-                         f"{m['decode_s'][k]:>11.3f}{r['ratio']['decode'][k]:>8.2f}")
+            rows.append((f"decode layer {k + 1} only (s)", s["decode_s"][k], m["decode_s"][k],
+                         q["decode"][k]))
+        for k in range(1, len(s["decode_s"])):
+            rows.append((f"decode layers 1..{k + 1} (s)", s["decode_all_s"][k],
+                         m["decode_all_s"][k], q["decode_all"][k]))
+        for label, a, b, c in rows:
+            lines.append(f"{label:28}{a:>10.3f}{b:>11.3f}{c:>8.2f}")
         lines.append(f"  scalable encode {s['encode_images_per_s']:.2f} images/s = "
                      f"{s['encode_mp_per_s']:.2f} MP/s; decode (all layers) "
                      f"{s['decode_images_per_s']:.2f} images/s = {s['decode_mp_per_s']:.2f} MP/s; "
                      f"simulcast encode {m['encode_images_per_s']:.2f} images/s = "
                      f"{m['encode_mp_per_s']:.2f} MP/s")
+        lines.append(f"  traced coding functions {s['traces']['functions']}, traces "
+                     f"{s['traces']['traces']} (equal: no retracing across "
+                     f"{report['warmup'] + report['runs']} calls each)")
         lines.append("  per layer: actual/estimated bits, header bytes")
         for layer in s["layers"]:
             lines.append(f"    {layer['name']:<4} payload {layer['payload_bytes']:>8} B  "
@@ -119,7 +128,7 @@ def format_table(report) -> str:
                 f"{k}={v:.3f}" for k, v in r["breakdown"].items()))
         if r.get("train"):
             t = r["train"]
-            lines.append(f"  train step b{t.get('batch', 8)} p{t.get('patch', 256)}: scalable {t['scalable_step_s']:.2f} s, "
+            lines.append(f"  train step b{t['batch']} p{t['patch']}: scalable {t['scalable_step_s']:.2f} s, "
                          f"singles summed {t['singles_step_s_sum']:.2f} s, ratio "
                          f"{t['ratio']:.2f}")
         if r.get("memory"):
@@ -147,15 +156,25 @@ def build_codec(filters, lmbdas, entropy_model):
 
 
 def measure_codec(codec, image, runs, warmup, folder):
-    """Encode / decode timings and per-layer bits of one codec on one image."""
+    """Encode / decode timings and per-layer bits of one codec on one image.
+
+    encode_s: streams only (a sender's work, no synthesis); encode_reconstruct_s: streams and
+    every layer's reconstruction (what eval_*.py does). decode_s[k-1]: the image of layer k
+    alone (lower layers decoded, not synthesized); decode_all_s[k-1]: the images of layers
+    1..k. Both decodes read and check the stream files and write the PNGs.
+    """
     from models import bitstream
     n = codec.config.num_layers
     levels = [image] * n
-    enc_s, enc_all, encoded = median_time(lambda: codec.encode(levels, folder), runs, warmup)
-    dec = []
+    enc_s, enc_all, encoded = median_time(lambda: codec.encode(levels, folder, False),
+                                          runs, warmup)
+    enc_rec_s, _, _ = median_time(lambda: codec.encode(levels, folder), runs, warmup)
+    dec, dec_all = [], []
     for k in range(1, n + 1):
-        t, _, _ = median_time(lambda: codec.decode(folder, k), runs, warmup)
-        dec.append(t)
+        dec.append(median_time(lambda: codec.decode(folder, k, last_only=True), runs,
+                               warmup)[0])
+        dec_all.append(dec[-1] if k == 1 else
+                       median_time(lambda: codec.decode(folder, k), runs, warmup)[0])
     layers = []
     for name, (size, est_bits, _) in zip(codec.config.layer_names, encoded):
         path = os.path.join(folder, bitstream.stream_filename(name))
@@ -166,7 +185,36 @@ def measure_codec(codec, image, runs, warmup, folder):
                            header_bytes=header_bytes(size, stream.strings),
                            actual_bits=8 * payload, estimated_bits=float(est_bits),
                            actual_over_estimated=ratio(8 * payload, est_bits)))
-    return dict(encode_s=enc_s, encode_runs=enc_all, decode_s=dec, layers=layers)
+    return dict(encode_s=enc_s, encode_runs=enc_all, encode_reconstruct_s=enc_rec_s,
+                decode_s=dec, decode_all_s=dec_all, layers=layers,
+                traces=trace_counts(codec.model))
+
+
+def trace_counts(model):
+    """(traced coding functions, traces in all): equal when nothing was retraced."""
+    functions = list(model._coding.encoders.values()) + list(model._coding.decoders.values())
+    return dict(functions=len(functions),
+                traces=sum(f.experimental_get_tracing_count() for f in functions))
+
+
+def compare(scal, singles):
+    """Simulcast figures from the single-layer measurements, and the scalable/simulcast
+    ratios. Simulcast encode = the single encodes summed; simulcast decode at quality k =
+    single model k alone; decode of all qualities 1..k = singles 1..k summed."""
+    sim = dict(encode_s=sum(s["encode_s"] for s in singles),
+               encode_reconstruct_s=sum(s["encode_reconstruct_s"] for s in singles),
+               decode_s=[s["decode_s"][0] for s in singles],
+               decode_all_s=[sum(s["decode_s"][0] for s in singles[:k + 1])
+                             for k in range(len(singles))],
+               single_encode_s=[s["encode_s"] for s in singles],
+               single_layers=[s["layers"][0] for s in singles])
+    ratios = dict(encode=ratio(scal["encode_s"], sim["encode_s"]),
+                  encode_reconstruct=ratio(scal["encode_reconstruct_s"],
+                                           sim["encode_reconstruct_s"]),
+                  decode=[ratio(a, b) for a, b in zip(scal["decode_s"], sim["decode_s"])],
+                  decode_all=[ratio(a, b) for a, b in zip(scal["decode_all_s"],
+                                                          sim["decode_all_s"])])
+    return sim, ratios
 
 
 def breakdown(codec, image, runs, warmup):
@@ -225,6 +273,22 @@ def train_step_time(filters, lmbdas, entropy_model, steps, batch=8, patch=256):
     return t, first
 
 
+def peak_rss_mib():
+    """This process's peak resident memory in MiB.
+
+    Linux's VmHWM, which starts afresh at exec: ru_maxrss would carry over the parent's
+    resident size at fork (this benchmark's own ~1-2 GiB) and hide the child's real peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def memory_child(kind, height, width, entropy_model, filters):
     """Runs in a subprocess: build (and with kind == 'code', encode + decode a height x width
     image); prints JSON with this process's peak RSS."""
@@ -239,7 +303,7 @@ def memory_child(kind, height, width, entropy_model, filters):
             start = time.perf_counter()
             codec.decode(folder, len(filters))
             result["decode_s"] = time.perf_counter() - start
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    result["peak_rss_mib"] = peak_rss_mib()
     print("MEMORY " + json.dumps(result), flush=True)
 
 
@@ -273,7 +337,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--train_steps", type=int, default=2,
                    help="timed training steps (0 = skip the training measurement)")
-    p.add_argument("--train_entropy_models", default="hyperprior")
+    p.add_argument("--train_entropy_models", default="hyperprior,factorized")
     p.add_argument("--train_patch", type=int, default=256)
     p.add_argument("--memory_size", default="4000x3000", help="WxH; 'none' skips memory")
     p.add_argument("--memory_entropy_models", default="hyperprior,factorized")
@@ -314,21 +378,14 @@ def main(argv=None):
                 c1 = build_codec([f], [l], em)
                 singles.append(measure_codec(c1, image, args.runs, args.warmup,
                                              os.path.join(tmp, f"single{k}")))
-            sim = dict(encode_s=sum(s["encode_s"] for s in singles),
-                       decode_s=[s["decode_s"][0] for s in singles],
-                       single_encode_s=[s["encode_s"] for s in singles],
-                       single_layers=[s["layers"][0] for s in singles])
+            sim, ratios = compare(scal, singles)
             ips, mps = throughput(scal["encode_s"], height, width)
             scal.update(encode_images_per_s=ips, encode_mp_per_s=mps)
-            ips, mps = throughput(scal["decode_s"][-1], height, width)
+            ips, mps = throughput(scal["decode_all_s"][-1], height, width)
             scal.update(decode_images_per_s=ips, decode_mp_per_s=mps)
             ips, mps = throughput(sim["encode_s"], height, width)
             sim.update(encode_images_per_s=ips, encode_mp_per_s=mps)
-            entry.update(scalable=scal, simulcast=sim, ratio=dict(
-                encode=ratio(scal["encode_s"], sim["encode_s"]),
-                decode=[ratio(a, b) for a, b in zip(scal["decode_s"], sim["decode_s"])],
-                decode_vs_singles_summed=[ratio(a, sum(sim["decode_s"][:k + 1]))
-                                          for k, a in enumerate(scal["decode_s"])]))
+            entry.update(scalable=scal, simulcast=sim, ratio=ratios)
             if not args.no_breakdown:
                 entry["breakdown"] = breakdown(codec, image, args.runs, args.warmup)
         if args.train_steps and em in args.train_entropy_models.split(","):

@@ -145,6 +145,9 @@ def add_eval_flags(parser, mode):
                              "would: no input image needed) and write the rec PNGs.")
     parser.add_argument("--num_layers", type=int, default=None,
                         help="Decode only the first k layers (reads only their streams).")
+    parser.add_argument("--last_layer_only", action="store_true",
+                        help="With --decompress: write only the top decoded layer's PNG "
+                             "(skips synthesizing the layers below it; faster).")
 
 
 def load_codec(args, mode):
@@ -189,10 +192,14 @@ def evaluate_from_flags(args, mode, level_reader=None):
     if not args.decompress and not args.input_image:
         raise ConfigError("--input_image is required (or --decompress to decode existing "
                           "streams)")
+    if args.last_layer_only and not args.decompress:
+        raise ConfigError("--last_layer_only applies to --decompress only (evaluation "
+                          "measures every layer): add --decompress or drop it")
     inputs = None if args.decompress else list_images(args.input_image)
     codec = load_codec(args, mode)
     if args.decompress:
-        evaluation.decompress_folders(codec, args.output_folder, args.num_layers)
+        evaluation.decompress_folders(codec, args.output_folder, args.num_layers,
+                                      args.last_layer_only)
         return
     make_levels = level_reader(codec.config.num_layers) if level_reader else None
     evaluation.evaluate(codec, inputs, args.output_folder, args.num_layers, make_levels)

@@ -52,13 +52,14 @@ class Codec:
                              f"{n} layers ({', '.join(self.config.layer_names)})")
         return num_layers
 
-    def encode(self, levels, folder):
+    def encode(self, levels, folder, reconstruct=True):
         """Code the image's levels (one uint8 array per layer) into stream files in `folder`.
 
-        Returns per layer (bytes written, estimated bits, encoder-side reconstruction).
+        Returns per layer (bytes written, estimated bits, encoder-side reconstruction; None
+        with reconstruct=False, which skips the synthesis transforms).
         """
         padded = [pad_to_multiple(level, PAD_MULTIPLE) for level in levels]
-        codes = self.model.compress(padded)
+        codes = self.model.compress(padded, reconstruct)
         os.makedirs(folder, exist_ok=True)
         results, parent = [], bitstream.BASE_PARENT_DIGEST
         for k, (name, level, code) in enumerate(zip(self.config.layer_names, levels, codes)):
@@ -72,7 +73,9 @@ class Codec:
             write_file_atomic(os.path.join(folder, bitstream.stream_filename(name)), data)
             parent = bitstream.stream_digest(data)
             height, width = level.shape[:2]
-            results.append((len(data), code["bits"], code["reconstruction"][:height, :width]))
+            reconstruction = code["reconstruction"]
+            results.append((len(data), code["bits"],
+                            None if reconstruction is None else reconstruction[:height, :width]))
         return results
 
     def check_streams(self, folder, num_layers=None):
@@ -82,19 +85,21 @@ class Codec:
             folder, self.config.layer_names, num_layers, mode=self.config.mode,
             config_digest=self.config_digest, weights_digest=self.weights_digest)
 
-    def decode(self, folder, num_layers=None):
+    def decode(self, folder, num_layers=None, last_only=False):
         """Read and check the first `num_layers` streams in `folder`, decode, write rec PNGs.
 
-        Every stream is checked before any PNG is written. Returns (reconstructions, sizes in
-        bytes of the streams).
+        Every stream is checked before any PNG is written. last_only=True synthesizes and
+        writes only the top decoded layer (its entry alone is not None). Returns
+        (reconstructions, sizes in bytes of the streams).
         """
         streams = self.check_streams(folder, num_layers)
-        decoded = self.model.decompress([(s.strings, s.shapes) for s in streams])
+        decoded = self.model.decompress([(s.strings, s.shapes) for s in streams], last_only)
         reconstructions = []
         for stream, image in zip(streams, decoded):
-            height, width = stream.image_size
-            image = image[:height, :width]
-            write_png(os.path.join(folder, rec_filename(stream.layer_name)), image)
+            if image is not None:
+                height, width = stream.image_size
+                image = image[:height, :width]
+                write_png(os.path.join(folder, rec_filename(stream.layer_name)), image)
             reconstructions.append(image)
         sizes = [os.path.getsize(os.path.join(folder, bitstream.stream_filename(s.layer_name)))
                  for s in streams]
@@ -258,17 +263,22 @@ def stream_folders(output_folder):
     return folders
 
 
-def decompress_folders(codec, output_folder, num_layers=None):
-    """Receiver side: decode the streams under `output_folder` into rec PNGs (no input image)."""
+def decompress_folders(codec, output_folder, num_layers=None, last_only=False):
+    """Receiver side: decode the streams under `output_folder` into rec PNGs (no input image).
+
+    last_only=True writes only the top decoded layer's PNG (the lower layers are decoded but
+    not synthesized).
+    """
     num_layers = codec.check_num_layers(num_layers)
     folders = stream_folders(output_folder)
     # Check every folder's streams first: one bad file anywhere and no PNG is written.
     for folder in folders:
         codec.check_streams(folder, num_layers)
     for folder in folders:
-        reconstructions, sizes = codec.decode(folder, num_layers)
+        reconstructions, sizes = codec.decode(folder, num_layers, last_only)
         names = codec.config.layer_names[:num_layers]
         described = ", ".join(f"{rec_filename(n)} {r.shape[1]}x{r.shape[0]} ({s} bytes)"
-                              for n, r, s in zip(names, reconstructions, sizes))
+                              for n, r, s in zip(names, reconstructions, sizes)
+                              if r is not None)
         print(f"{folder}: decoded {described}", flush=True)
     return folders

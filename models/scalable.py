@@ -145,72 +145,74 @@ class ScalableModel(tf.keras.Model):
         self._coding.decoders.clear()
         self._coding.ready = True
 
-    def _context_spec(self, k):
-        return tf.TensorSpec((1, None, None, self.context_channels(k - 1)), tf.float32)
-
-    def _encode_layer(self, k, level, context=None):
+    def _encode_layer(self, k, reconstruct, level, context=None):
         level = tf.cast(level, tf.float32)[None] / 255.0
         latent = self.analysis[k](level)
         prediction = 0.0 if k == 0 else self._predict(k, context, tf.shape(latent)[1:3])
         strings, shapes, residual_hat, bits = self.entropy[k].compress(latent - prediction)
         context = self.extend_context(context, prediction + residual_hat, k)
-        return strings, shapes, bits[0], context, to_uint8(self.synthesis[k](context))
+        reconstruction = to_uint8(self.synthesis[k](context)) if reconstruct else None
+        return strings, shapes, bits[0], context, reconstruction
 
-    def _decode_layer(self, k, strings, shapes, context=None):
+    def _decode_layer(self, k, reconstruct, strings, shapes, context=None):
         residual_hat = self.entropy[k].decompress(strings, shapes)
         latent_hat = residual_hat if k == 0 else (
             self._predict(k, context, shapes[0]) + residual_hat)
         context = self.extend_context(context, latent_hat, k)
-        return context, to_uint8(self.synthesis[k](context))
+        return context, to_uint8(self.synthesis[k](context)) if reconstruct else None
 
-    def _encoder(self, k):
-        if k not in self._coding.encoders:
-            specs = [tf.TensorSpec((None, None, 3), tf.uint8)]
-            if k > 0:
-                specs.append(self._context_spec(k))
-            self._coding.encoders[k] = tf.function(
-                lambda *args: self._encode_layer(k, *args), input_signature=specs)
-        return self._coding.encoders[k]
+    def _coder(self, table, layer_function, k, reconstruct, specs):
+        """The traced coding function of layer k (with or without its synthesis), cached."""
+        if k > 0:
+            specs = specs + [tf.TensorSpec((1, None, None, self.context_channels(k - 1)),
+                                           tf.float32)]
+        if (k, reconstruct) not in table:
+            table[k, reconstruct] = tf.function(
+                lambda *args: layer_function(k, reconstruct, *args), input_signature=specs)
+        return table[k, reconstruct]
 
-    def _decoder(self, k):
-        if k not in self._coding.decoders:
-            count = self.entropy[k].num_strings
-            specs = [[tf.TensorSpec((1,), tf.string)] * count,
-                     [tf.TensorSpec((2,), tf.int32)] * count]
-            if k > 0:
-                specs.append(self._context_spec(k))
-            self._coding.decoders[k] = tf.function(
-                lambda *args: self._decode_layer(k, *args), input_signature=specs)
-        return self._coding.decoders[k]
+    def _encoder(self, k, reconstruct):
+        return self._coder(self._coding.encoders, self._encode_layer, k, reconstruct,
+                           [tf.TensorSpec((None, None, 3), tf.uint8)])
+
+    def _decoder(self, k, reconstruct):
+        count = self.entropy[k].num_strings
+        return self._coder(self._coding.decoders, self._decode_layer, k, reconstruct,
+                           [[tf.TensorSpec((1,), tf.string)] * count,
+                            [tf.TensorSpec((2,), tf.int32)] * count])
 
     def _check_coding(self):
         if not self._coding.ready:
             raise RuntimeError("call prepare_coding() after loading the weights")
 
-    def compress(self, levels):
+    def compress(self, levels, reconstruct=True):
         """Code every layer.
 
         levels: one uint8 HxWx3 array per layer (sides multiples of PAD_MULTIPLE).
         Returns per layer a dict: `strings` (list of bytes), `shapes` (flat list of ints),
         `bits` (estimated from the likelihoods) and `reconstruction` (uint8, padded size),
-        the exact image a decoder of the same weights produces.
+        the exact image a decoder of the same weights produces. reconstruct=False skips
+        the synthesis transforms (a sender needs only the streams): `reconstruction` is None.
         """
         self._check_coding()
         codes, context = [], None
         for k, level in enumerate(levels):
             args = [tf.convert_to_tensor(level, tf.uint8)] + ([] if k == 0 else [context])
-            strings, shapes, bits, context, reconstruction = self._encoder(k)(*args)
+            strings, shapes, bits, context, reconstruction = self._encoder(k, reconstruct)(*args)
             codes.append(dict(
                 strings=[s.numpy()[0] for s in strings],
                 shapes=[int(v) for shape in shapes for v in shape.numpy()],
-                bits=float(bits), reconstruction=reconstruction.numpy()))
+                bits=float(bits),
+                reconstruction=None if reconstruction is None else reconstruction.numpy()))
         return codes
 
-    def decompress(self, codes):
+    def decompress(self, codes, last_only=False):
         """Decode the first len(codes) layers from (strings, flat shapes) pairs.
 
         Uses no analysis transform and nothing of the layers above. Returns one uint8
-        reconstruction (padded size) per decoded layer.
+        reconstruction (padded size) per decoded layer; with last_only=True only the top
+        layer is synthesized (the lower layers' latents are still decoded: they are its
+        context) and the other entries are None.
         """
         self._check_coding()
         reconstructions, context = [], None
@@ -223,6 +225,7 @@ class ScalableModel(tf.keras.Model):
                     [tf.constant(shapes[2 * i:2 * i + 2], tf.int32) for i in range(count)]]
             if k > 0:
                 args.append(context)
-            context, reconstruction = self._decoder(k)(*args)
-            reconstructions.append(reconstruction.numpy())
+            reconstruct = not last_only or k == len(codes) - 1
+            context, reconstruction = self._decoder(k, reconstruct)(*args)
+            reconstructions.append(None if reconstruction is None else reconstruction.numpy())
         return reconstructions

@@ -170,21 +170,43 @@ def test_speed_helpers():
     assert (speed.synthetic_image(32, 48) == img).all()
 
 
+def _speed_measurement(encode, decode, layers=("B",)):
+    layer = dict(name="B", payload_bytes=100, actual_over_estimated=1.01, header_bytes=50)
+    return dict(encode_s=encode, encode_reconstruct_s=2 * encode, decode_s=list(decode),
+                decode_all_s=[sum(decode[:k + 1]) for k in range(len(decode))],
+                layers=[dict(layer, name=name) for name in layers],
+                traces=dict(functions=4, traces=4))
+
+
+def test_speed_simulcast_comparison():
+    from bench import speed
+    scalable = _speed_measurement(3.0, [0.5, 1.5], layers=("B", "e1"))
+    singles = [_speed_measurement(1.0, [0.4]), _speed_measurement(2.0, [1.0])]
+    simulcast, ratios = speed.compare(scalable, singles)
+    assert simulcast["encode_s"] == 3.0 and simulcast["encode_reconstruct_s"] == 6.0
+    assert simulcast["decode_s"] == [0.4, 1.0]
+    assert simulcast["decode_all_s"] == pytest.approx([0.4, 1.4])
+    assert ratios["encode"] == 1.0 and ratios["decode"] == pytest.approx([1.25, 1.5])
+    assert ratios["decode_all"] == pytest.approx([1.25, 2.0 / 1.4])
+
+
 def test_speed_table_format():
     from bench import speed
-    layer = dict(name="B", payload_bytes=100, actual_over_estimated=1.01, header_bytes=50)
-    entry = dict(scalable=dict(encode_s=1.0, decode_s=[0.5, 0.8], encode_images_per_s=1.0,
-                               encode_mp_per_s=0.4, decode_images_per_s=1.25,
-                               decode_mp_per_s=0.5, layers=[layer, dict(layer, name="e1")]),
-                 simulcast=dict(encode_s=0.9, decode_s=[0.4, 0.45], encode_images_per_s=1.1,
-                                encode_mp_per_s=0.44),
-                 ratio=dict(encode=1.11, decode=[1.25, 1.78]),
-                 train=dict(scalable_step_s=2.0, singles_step_s_sum=1.8, ratio=1.11),
+    scalable = _speed_measurement(1.0, [0.5, 0.8], layers=("B", "e1"))
+    scalable.update(encode_images_per_s=1.0, encode_mp_per_s=0.4, decode_images_per_s=1.25,
+                    decode_mp_per_s=0.5)
+    simulcast, ratios = speed.compare(scalable, [_speed_measurement(0.5, [0.4]),
+                                                 _speed_measurement(0.4, [0.45])])
+    simulcast.update(encode_images_per_s=1.1, encode_mp_per_s=0.44)
+    entry = dict(scalable=scalable, simulcast=simulcast, ratio=ratios,
+                 train=dict(batch=8, patch=256, scalable_step_s=2.0, singles_step_s_sum=1.8,
+                            ratio=1.11),
                  memory=dict(size="4000x3000", code_peak_mib=5000.0, build_peak_mib=900.0,
                              encode_s=30.0, decode_s=20.0))
     text = speed.format_table(dict(image=dict(width=768, height=512), filters=[8, 8], runs=3,
-                                   entropy_models={"hyperprior": entry}))
-    assert "decode k=2" in text and "1.78" in text and "4000x3000" in text
+                                   warmup=1, entropy_models={"hyperprior": entry}))
+    assert "decode layer 2 only" in text and "1.78" in text and "4000x3000" in text
+    assert "decode layers 1..2" in text and "b8 p256" in text
 
 
 def test_point_vs_non_monotonic_anchor_is_not_interpolated():

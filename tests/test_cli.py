@@ -52,8 +52,9 @@ def runs(helps, tiny_checkpoints, inputs, tmp_path_factory):
     """Every CLI process of this module, started as early as their inputs allow:
 
     at once: eval_quality.py and eval_spatial.py on the folder and an eval with mismatching
-    filters; when the quality streams exist: --decompress of all layers of both images, and
-    --decompress --num_layers 1 with only stream_B.tfci present.
+    filters; when the quality streams exist: --decompress of all layers of both images, the
+    same with --last_layer_only, and --decompress --num_layers 1 with only stream_B.tfci
+    present.
     Returns (output folder, receiver folder, {key: CompletedProcess}).
     """
     out = tmp_path_factory.mktemp("eval")
@@ -74,12 +75,17 @@ def runs(helps, tiny_checkpoints, inputs, tmp_path_factory):
         full = receiver / "full"
         shutil.copytree(out / "quality", full,
                         ignore=shutil.ignore_patterns("*.png", "results.json"))
+        top_only = receiver / "top_only"
+        shutil.copytree(full, top_only)
         base_only = receiver / "base_only"
         os.makedirs(base_only)
         shutil.copy(out / "quality" / "big" / "stream_B.tfci", base_only)
         processes["full"] = start_script(
             "eval_quality.py", "--decompress", "--output_folder", full,
             "--checkpoint_dir", tiny_checkpoints.quality_dir)
+        processes["top_only"] = start_script(
+            "eval_quality.py", "--decompress", "--last_layer_only", "--output_folder",
+            top_only, "--checkpoint_dir", tiny_checkpoints.quality_dir)
         processes["base_only"] = start_script(
             "eval_quality.py", "--decompress", "--num_layers", "1",
             "--output_folder", base_only, "--checkpoint_dir", tiny_checkpoints.quality_dir)
@@ -211,6 +217,17 @@ def test_decompress_in_a_separate_process_gives_identical_pixels(evals, decompre
             sent = _read_png(out / "quality" / name / f"rec_{layer}.png")
             received = _read_png(receiver / "full" / name / f"rec_{layer}.png")
             np.testing.assert_array_equal(received, sent)
+
+
+def test_decompress_last_layer_only_writes_the_top_png(evals, decompressed):
+    out, _ = evals
+    receiver, results = decompressed
+    assert results["top_only"].returncode == 0, describe(results["top_only"])
+    for name in IMAGES:
+        assert _files(receiver / "top_only" / name) == ["rec_e1.png", "stream_B.tfci",
+                                                        "stream_e1.tfci"]
+        np.testing.assert_array_equal(_read_png(receiver / "top_only" / name / "rec_e1.png"),
+                                      _read_png(out / "quality" / name / "rec_e1.png"))
 
 
 def test_decompress_base_layer_from_its_stream_alone(evals, decompressed):

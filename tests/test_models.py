@@ -211,6 +211,34 @@ def test_quality_decode_in_fresh_model_reproduces_encoder(quality_coded):
     assert os.path.exists(os.path.join(quality_coded["folder"], "rec_e1.png"))
 
 
+def test_last_layer_only_decode_matches_the_full_decode(trained_quality, quality_coded,
+                                                        tmp_path):
+    """A receiver wanting only the top layer gets the same pixels without the lower PNGs;
+    a sender that skips the reconstructions writes the same streams."""
+    model = trained_quality[0]
+    folder = str(tmp_path / "streams")
+    image = quality_coded["image"]
+    assert [c["reconstruction"] for c in model.compress([image] * 2, reconstruct=False)] \
+        == [None, None]
+    sent = Codec(model).encode(image_levels("quality", image, 2), folder)
+    assert [size for size, _, _ in sent] == quality_coded["sizes"]
+    for name in ("B", "e1"):
+        with open(os.path.join(folder, bitstream.stream_filename(name)), "rb") as f, \
+                open(os.path.join(quality_coded["folder"], bitstream.stream_filename(name)),
+                     "rb") as g:
+            assert f.read() == g.read()
+    fresh = _fresh_copy(model, tmp_path)
+    for num_layers in (1, 2):
+        decoded, _ = Codec(fresh).decode(folder, num_layers, last_only=True)
+        assert all(image is None for image in decoded[:-1])
+        np.testing.assert_array_equal(decoded[-1], quality_coded["decoded"][num_layers - 1])
+    assert os.listdir(folder).count("rec_B.png") == 1  # written by the num_layers=1 decode
+    os.remove(os.path.join(folder, "rec_B.png"))
+    Codec(fresh).decode(folder, 2, last_only=True)
+    assert not os.path.exists(os.path.join(folder, "rec_B.png"))
+    assert os.path.exists(os.path.join(folder, "rec_e1.png"))
+
+
 def test_quality_cumulative_rate_increases(quality_coded):
     encoded = quality_coded["encoded"]
     estimated = np.cumsum([bits for _, bits, _ in encoded])

@@ -373,3 +373,12 @@ def test_num_layers_beyond_the_model_is_one_clear_line(loaded, zoo_eval, tmp_pat
         "--decompress", "--num_layers", 3, "--output_folder", folder,
         "--checkpoint_dir", loaded["quality"]])
     error_line(code, err, "--num_layers 3 is out of range", "2 layers")
+
+
+def test_last_layer_only_without_decompress_is_one_clear_line(loaded, zoo, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run_script("eval_quality.py", [
+        "--last_layer_only", "--input_image", zoo / "rgb8.png", "--output_folder", out,
+        "--checkpoint_dir", loaded["quality"]])
+    error_line(code, err, "--last_layer_only", "--decompress")
+    assert not out.exists()
