@@ -6,23 +6,27 @@ Weights as they come (untrained: timing does not need training).  For each entro
 (hyperprior, factorized), on a 768x512 image (Kodak's kodim01 when present, else a seeded
 synthetic image of that size):
 
-- encode time (all 4 layers, through models.evaluation.Codec: analysis, prediction, range
-  coding, synthesis of every layer's reconstruction, stream files) and decode time for
-  k = 1..4 layers (Codec.decode: read + check streams, decode, write PNGs);
+- encode time (all 4 layers, through models.evaluation.Codec, stream files written): streams
+  only (a sender's work) and with every layer's reconstruction (what eval_*.py does);
+- decode time for k = 1..4 (Codec.decode: read + check streams, decode, write PNGs): layer k's
+  image only (the lower layers entropy-decoded but not synthesized) and layers 1..k's images;
 - simulcast measured in the same run: four independent one-layer models (a one-element
   ModelConfig layer list) of 96, 120, 144, 196 filters.  Simulcast encode = the four encodes
-  summed; simulcast decode at quality k = decoding single-layer model k's stream alone;
-- median of --runs runs after --warmup runs (the first call traces the tf.functions);
+  summed; decode of quality k = single-layer model k's stream alone; decode of qualities 1..k
+  = single-layer decodes 1..k summed;
+- median of --runs runs after --warmup runs (the first call traces the tf.functions), and the
+  number of traces of the coding functions (equal to their number: nothing retraced);
 - images/s and megapixels/s (encode, and decode of all layers);
 - per layer: actual bits (payload strings) / estimated bits (likelihoods) and header bytes of
   the stream file (file size minus payload);
 - a breakdown of where the time goes (per-layer analysis, prediction, entropy coding and
   synthesis as separate traced functions), to tell what is avoidable;
 - training step time at batch 8, patch 256 (--train_steps timed steps after one traced step)
-  and its ratio to the four single-layer steps summed (hyperprior only unless
-  --train_entropy_models says otherwise);
-- peak resident memory (VmHWM) of a 4000x3000 encode + decode, each in a fresh subprocess,
-  next to the peak of a subprocess that only builds the model (TensorFlow + weights).
+  and its ratio to the four single-layer steps summed (both entropy models by default);
+- peak resident memory (Linux VmHWM) of a 4000x3000 encode + decode in a fresh subprocess,
+  next to a subprocess that only builds the model (TensorFlow + weights) and one that codes
+  with the single-layer model of the largest filters (hyperprior only unless
+  --memory_entropy_models says otherwise); measured first, while this process is small.
 
 Prints a table and writes JSON (--out).  Timings on a shared machine are noisy: the ratios
 within one run are what count.
@@ -132,10 +136,7 @@ def format_table(report) -> str:
                          f"singles summed {t['singles_step_s_sum']:.2f} s, ratio "
                          f"{t['ratio']:.2f}")
         if r.get("memory"):
-            mm = r["memory"]
-            lines.append(f"  peak RSS {mm['size']}: encode+decode {mm['code_peak_mib']:.0f} MiB "
-                         f"(model only {mm['build_peak_mib']:.0f} MiB), encode "
-                         f"{mm['encode_s']:.1f} s, decode {mm['decode_s']:.1f} s")
+            lines.append(format_memory(r["memory"]))
     return "\n".join(lines)
 
 
@@ -290,11 +291,16 @@ def peak_rss_mib():
 
 
 def memory_child(kind, height, width, entropy_model, filters):
-    """Runs in a subprocess: build (and with kind == 'code', encode + decode a height x width
-    image); prints JSON with this process's peak RSS."""
+    """Runs in a subprocess: build the model (kind 'build'), or build it and encode + decode
+    a height x width image: the scalable model ('code': streams and reconstructions of every
+    layer, then all layers decoded, as eval_quality.py does) or the single-layer model of the
+    largest filters ('single_code', simulcast's top quality). Prints JSON with this process's
+    peak RSS."""
+    if kind == "single_code":
+        filters = [max(filters)]
     codec = build_codec(filters, DEFAULT_LMBDAS[:len(filters)], entropy_model)
     result = dict(kind=kind)
-    if kind == "code":
+    if kind != "build":
         image = synthetic_image(height, width)
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
@@ -307,23 +313,42 @@ def memory_child(kind, height, width, entropy_model, filters):
     print("MEMORY " + json.dumps(result), flush=True)
 
 
+MEMORY_KINDS = ("build", "code", "single_code")
+
+
 def run_memory(height, width, entropy_model, filters):
+    """Peak RSS of each MEMORY_KINDS child process (fresh processes, run one at a time)."""
     out = {"size": f"{width}x{height}"}
-    for kind in ("build", "code"):
+    for kind in MEMORY_KINDS:
         cmd = [sys.executable, "-m", "bench.speed", "--memory_child", kind,
                "--memory_size", f"{width}x{height}", "--entropy_models", entropy_model,
                "--filters", ",".join(map(str, filters))]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         line = [l for l in proc.stdout.splitlines() if l.startswith("MEMORY ")]
         if proc.returncode != 0 or not line:
-            out[f"{kind}_error"] = (proc.stderr or proc.stdout)[-2000:]
+            killed = " (killed: out of memory?)" if proc.returncode in (-9, 137) else ""
+            out[f"{kind}_error"] = (f"exit {proc.returncode}{killed}: "
+                                    + (proc.stderr or proc.stdout)[-1000:])
             continue
         data = json.loads(line[-1][len("MEMORY "):])
         out[f"{kind}_peak_mib"] = data["peak_rss_mib"]
         for key in ("encode_s", "decode_s"):
             if key in data:
-                out[key] = data[key]
+                out[f"{kind}_{key}"] = data[key]
+    out["ratio"] = ratio(out.get("code_peak_mib"), out.get("single_code_peak_mib"))
     return out
+
+
+def format_memory(mm):
+    if "code_peak_mib" not in mm:
+        return f"  peak RSS {mm['size']}: not measured: {mm.get('code_error', '?')[:300]}"
+    line = (f"  peak RSS {mm['size']}: encode+decode {mm['code_peak_mib']:.0f} MiB "
+            f"(model only {mm.get('build_peak_mib', float('nan')):.0f} MiB), encode "
+            f"{mm['code_encode_s']:.1f} s, decode {mm['code_decode_s']:.1f} s")
+    if mm.get("single_code_peak_mib"):
+        line += (f"; single-layer top model {mm['single_code_peak_mib']:.0f} MiB, ratio "
+                 f"{mm['ratio']:.2f}")
+    return line
 
 
 def main(argv=None):
@@ -340,10 +365,10 @@ def main(argv=None):
     p.add_argument("--train_entropy_models", default="hyperprior,factorized")
     p.add_argument("--train_patch", type=int, default=256)
     p.add_argument("--memory_size", default="4000x3000", help="WxH; 'none' skips memory")
-    p.add_argument("--memory_entropy_models", default="hyperprior,factorized")
+    p.add_argument("--memory_entropy_models", default="hyperprior")
     p.add_argument("--no_breakdown", action="store_true")
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "speed.json"))
-    p.add_argument("--memory_child", choices=("build", "code"), help=argparse.SUPPRESS)
+    p.add_argument("--memory_child", choices=MEMORY_KINDS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     filters = [int(v) for v in args.filters.split(",")]
     lmbdas = list(DEFAULT_LMBDAS[:len(filters)]) + [25.0] * max(0, len(filters) - 4)
@@ -367,6 +392,21 @@ def main(argv=None):
                                inter=tf.config.threading.get_inter_op_parallelism_threads(),
                                cpus=os.cpu_count()),
                   load_average_start=os.getloadavg(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    def save():
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(report, f, indent=2)
+
+    # Memory first, while this process holds no model: the children's peaks are large and
+    # the machine's memory is shared with this process.
+    memory = {}
+    if args.memory_size != "none":
+        mw, mh = (int(v) for v in args.memory_size.split("x"))
+        for em in ems:
+            if em in args.memory_entropy_models.split(","):
+                memory[em] = run_memory(mh, mw, em, filters)
+                print(f"{em}:\n" + format_memory(memory[em]), flush=True)
     for em in ems:
         start = time.perf_counter()
         entry = {}
@@ -398,17 +438,15 @@ def main(argv=None):
                                   singles_step_s=[t for t, _ in singles_t],
                                   singles_step_s_sum=sum(t for t, _ in singles_t),
                                   ratio=ratio(t_s, sum(t for t, _ in singles_t)))
-        if args.memory_size != "none" and em in args.memory_entropy_models.split(","):
-            mw, mh = (int(v) for v in args.memory_size.split("x"))
-            entry["memory"] = run_memory(mh, mw, em, filters)
+        if em in memory:
+            entry["memory"] = memory[em]
         entry["seconds"] = time.perf_counter() - start
         report["entropy_models"][em] = entry
         print(format_table(dict(report, entropy_models={em: entry})), flush=True)
+        save()  # after each entropy model: a later failure keeps what was measured
     report["load_average_end"] = os.getloadavg()
+    save()
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
         print(f"wrote {args.out}")
     return 0
 

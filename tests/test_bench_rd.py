@@ -202,11 +202,16 @@ def test_speed_table_format():
                  train=dict(batch=8, patch=256, scalable_step_s=2.0, singles_step_s_sum=1.8,
                             ratio=1.11),
                  memory=dict(size="4000x3000", code_peak_mib=5000.0, build_peak_mib=900.0,
-                             encode_s=30.0, decode_s=20.0))
+                             code_encode_s=30.0, code_decode_s=20.0,
+                             single_code_peak_mib=4000.0, ratio=1.25))
     text = speed.format_table(dict(image=dict(width=768, height=512), filters=[8, 8], runs=3,
                                    warmup=1, entropy_models={"hyperprior": entry}))
     assert "decode layer 2 only" in text and "1.78" in text and "4000x3000" in text
-    assert "decode layers 1..2" in text and "b8 p256" in text
+    assert "decode layers 1..2" in text and "b8 p256" in text and "ratio 1.25" in text
+    entry["memory"] = dict(size="4000x3000", code_error="exit -9 (killed: out of memory?): ")
+    text = speed.format_table(dict(image=dict(width=768, height=512), filters=[8, 8], runs=3,
+                                   warmup=1, entropy_models={"hyperprior": entry}))
+    assert "4000x3000: not measured: exit -9 (killed: out of memory?)" in text
 
 
 def test_point_vs_non_monotonic_anchor_is_not_interpolated():
