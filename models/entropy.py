@@ -9,7 +9,7 @@ with `compression=True` range-coding tables, used by `compress` and `decompress`
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from models.layers import crop_to
+from models.layers import conv, crop_to
 
 ENTROPY_MODELS = ("hyperprior", "factorized")
 
@@ -76,12 +76,7 @@ class HyperpriorEntropyModel(tf.keras.layers.Layer):
         hyper_filters = hyper_filters or channels
 
         def sconv(filters, kernel, stride, activation, index):
-            return tfc.SignalConv2D(
-                filters, (kernel, kernel), corr=stride != "up",
-                strides_down=2 if stride == "down" else 1,
-                strides_up=2 if stride == "up" else 1,
-                padding="same_zeros", use_bias=True, activation=activation,
-                name=f"layer_{index}")
+            return conv(filters, stride, activation, name=f"layer_{index}", kernel=kernel)
 
         self.hyper_analysis = tf.keras.Sequential([
             sconv(hyper_filters, 3, "1", tf.nn.relu, 0),

@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from models.entropy import make_entropy_model
-from models.layers import AnalysisTransform, PredictionTransform, SynthesisTransform, crop_to
+from models.layers import (AnalysisTransform, PredictionTransform, SynthesisTransform, crop_to,
+                           set_kernels_frozen)
 
 # Images are padded to this multiple before coding: the analysis downsamples by 16.
 PAD_MULTIPLE = 16
@@ -113,6 +114,10 @@ class ScalableModel(tf.keras.Model):
         return loss, metrics
 
     def train_step(self, inputs):
+        # Training changes the weights: back to the trainable kernels, and coding must be
+        # prepared again afterwards.
+        set_kernels_frozen(self, False)
+        self._coding.ready = False
         with tf.GradientTape() as tape:
             outputs = self(inputs, training=True)
             loss, metrics = self.loss_terms(inputs, outputs)
@@ -138,9 +143,11 @@ class ScalableModel(tf.keras.Model):
 
     # --- coding form -----------------------------------------------------------------------
     def prepare_coding(self):
-        """Rebuild the entropy models with range-coding tables from the trained weights."""
+        """Rebuild the entropy models with range-coding tables from the trained weights, and
+        compute every convolution kernel once (see layers.SignalConv2D)."""
         for entropy_model in self.entropy:
             entropy_model.prepare_coding()
+        set_kernels_frozen(self, True)
         self._coding.encoders.clear()
         self._coding.decoders.clear()
         self._coding.ready = True

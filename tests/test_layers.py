@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 
 from models.layers import (AnalysisTransform, PredictionTransform, SynthesisTransform,
-                           UpTransform, crop_to, pad_to_multiple)
+                           UpTransform, crop_to, pad_to_multiple, set_kernels_frozen)
 
 
 def _random(shape, seed=0):
@@ -163,3 +163,27 @@ def test_pad_to_multiple_and_crop_to():
     assert not np.any(padded[:, 5:].numpy()) and not np.any(padded[:, :, 7:].numpy())
     np.testing.assert_array_equal(crop_to(padded, tensor).numpy(), tensor.numpy())
     assert pad_to_multiple(tensor, 1).shape == tensor.shape
+
+
+def test_frozen_kernels_give_the_same_output_and_thaw_for_training():
+    prediction = PredictionTransform(8, 6, "quality")
+    context = _random((1, 8, 12, 8))
+    trained = prediction(context).numpy()
+    set_kernels_frozen(prediction, True)
+    np.testing.assert_allclose(prediction(context).numpy(), trained, atol=1e-5)
+    # Frozen: a later change of the kernel variables is not seen (the kernel is cached) ...
+    first = prediction.convs[0]
+    kernel_variables = first.kernel_parameter.trainable_variables  # RDFT coefficients
+    for variable in kernel_variables:
+        variable.assign(variable * 0.5)
+    kernel_variable = kernel_variables[0]
+    np.testing.assert_allclose(prediction(context).numpy(), trained, atol=1e-5)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(prediction(context))
+    assert tape.gradient(loss, kernel_variable) is None
+    # ... thawed, the kernels come from the variables again and are trainable.
+    set_kernels_frozen(prediction, False)
+    assert not np.allclose(prediction(context).numpy(), trained, atol=1e-5)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(prediction(context))
+    assert tape.gradient(loss, kernel_variable) is not None

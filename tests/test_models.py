@@ -239,6 +239,18 @@ def test_last_layer_only_decode_matches_the_full_decode(trained_quality, quality
     assert os.path.exists(os.path.join(folder, "rec_e1.png"))
 
 
+def test_training_after_prepare_coding_thaws_kernels_and_asks_for_preparation():
+    model = build_model(tiny_config("quality", "factorized", filters=(4, 4)))
+    model.prepare_coding()
+    frozen = [l for l in model.submodules if getattr(l, "frozen_kernel", None) is not None]
+    assert len(frozen) == 2 * (4 + 4) + 8  # analyses, syntheses, one prediction
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+    model.train_step(model_inputs("quality", [smooth_image(64, 64)]))
+    assert not [l for l in model.submodules if getattr(l, "frozen_kernel", None) is not None]
+    with pytest.raises(RuntimeError, match="prepare_coding"):
+        model.compress([smooth_image(64, 64)] * 2)
+
+
 def test_quality_cumulative_rate_increases(quality_coded):
     encoded = quality_coded["encoded"]
     estimated = np.cumsum([bits for _, bits, _ in encoded])
