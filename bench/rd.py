@@ -56,11 +56,11 @@ STAGES = ("train_quality", "train_single", "tfrecords", "train_spatial", "eval_q
           "eval_spatial", "anchors", "aggregate", "eval_lowres")
 
 PROFILES = {
-    # CPU scale: runs end to end in under about an hour on 2 cores (see README).
+    # CPU scale: 1000 steps; about an hour end to end on 2 idle cores (see bench/README.md).
     "cpu": dict(filters=[32, 40, 48, 64], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=64,
-                batchsize=8, steps=300, learning_rate=1e-3,
+                batchsize=8, steps=1000, learning_rate=1e-3,
                 spatial_filters=[32, 32, 32], spatial_lmbdas=[400.0, 300.0, 200.0],
-                spatial_patchsize=128, spatial_batchsize=2, spatial_steps=300,
+                spatial_patchsize=128, spatial_batchsize=2, spatial_steps=1000,
                 tfrecord_patchsize=256),
     # The paper's sizes (ARCHITECTURE.md): GPU protocol, flags only.
     "gpu": dict(filters=[96, 120, 144, 196], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=256,
