@@ -63,8 +63,10 @@ def conv(filters, stride="1", activation=None, name=None, transposed=False, kern
 def set_kernels_frozen(module, frozen):
     """Freeze (for coding) or thaw (for training) every SignalConv2D kernel under `module`."""
     for layer in module.submodules:
-        if isinstance(layer, SignalConv2D):
-            layer.freeze_kernel() if frozen else layer.thaw_kernel()
+        if isinstance(layer, SignalConv2D) and frozen:
+            layer.freeze_kernel()
+        elif isinstance(layer, SignalConv2D):
+            layer.thaw_kernel()
 
 
 def crop_to(tensor, reference):
