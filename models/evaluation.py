@@ -92,7 +92,10 @@ class Codec:
         writes only the top decoded layer (its entry alone is not None). Returns
         (reconstructions, sizes in bytes of the streams).
         """
-        streams = self.check_streams(folder, num_layers)
+        return self.decode_streams(folder, self.check_streams(folder, num_layers), last_only)
+
+    def decode_streams(self, folder, streams, last_only=False):
+        """Decode already checked streams (from check_streams) into rec PNGs in `folder`."""
         decoded = self.model.decompress([(s.strings, s.shapes) for s in streams], last_only)
         reconstructions = []
         for stream, image in zip(streams, decoded):
@@ -272,10 +275,9 @@ def decompress_folders(codec, output_folder, num_layers=None, last_only=False):
     num_layers = codec.check_num_layers(num_layers)
     folders = stream_folders(output_folder)
     # Check every folder's streams first: one bad file anywhere and no PNG is written.
-    for folder in folders:
-        codec.check_streams(folder, num_layers)
-    for folder in folders:
-        reconstructions, sizes = codec.decode(folder, num_layers, last_only)
+    checked = [codec.check_streams(folder, num_layers) for folder in folders]
+    for folder, streams in zip(folders, checked):
+        reconstructions, sizes = codec.decode_streams(folder, streams, last_only)
         names = codec.config.layer_names[:num_layers]
         described = ", ".join(f"{rec_filename(n)} {r.shape[1]}x{r.shape[0]} ({s} bytes)"
                               for n, r, s in zip(names, reconstructions, sizes)
