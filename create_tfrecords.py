@@ -3,7 +3,7 @@
 Every example holds one image at three resolutions: full (H x W), half
 (ceil(H/2) x ceil(W/2)) and quarter (ceil(H/4) x ceil(W/4)), as raw uint8 RGB
 bytes in the features img_raw_org, img_raw_half, img_raw_quater, with int64
-height and width of the full image (see models/data.py).
+height and width of the full image (see pipeline/data.py).
 
 Two ways in:
 
@@ -21,7 +21,7 @@ Two ways in:
 
 2. Only --input_image FOLDER (or a glob or a file): the half and quarter
    images are made with Pillow's anti-aliased Lanczos filter
-   (models.image.pyramid). Each image is cut into non-overlapping
+   (codec.image.pyramid). Each image is cut into non-overlapping
    --patchsize x --patchsize patches from the top-left corner (the remainder
    is dropped), so a large photo gives several examples; the half and quarter
    of each patch are downsampled from that full patch itself, so the three
@@ -48,8 +48,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF 2.14 prints cuDNN/cuFFT
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl.flags import argparse_flags
 
-from models.data import DataError, make_example
-from models.image import ImageError, list_images, pyramid, read_image
+from pipeline.data import DataError, make_example
+from codec.image import ImageError, list_images, pyramid, read_image
 
 
 def parse_args(argv):

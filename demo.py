@@ -11,7 +11,7 @@ import sys
 from absl import app
 from absl.flags import argparse_flags
 
-from models import sample_photos
+from pipeline import sample_photos
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

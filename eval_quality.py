@@ -7,11 +7,11 @@ Example:
       --checkpoint_dir runs/quality
 """
 
-from models import cli
-from models.bitstream import BitstreamError
-from models.checkpoints import CheckpointError
+from pipeline import cli
+from codec.bitstream import BitstreamError
+from pipeline.checkpoints import CheckpointError
 from models.config import ConfigError
-from models.image import ImageError
+from codec.image import ImageError
 
 
 def parse_args(argv):

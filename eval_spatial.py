@@ -11,11 +11,11 @@ Example:
 
 import os
 
-from models import cli
-from models.bitstream import BitstreamError
-from models.checkpoints import CheckpointError
+from pipeline import cli
+from codec.bitstream import BitstreamError
+from pipeline.checkpoints import CheckpointError
 from models.config import ConfigError
-from models.image import ImageError
+from codec.image import ImageError
 
 
 def parse_args(argv):
@@ -32,7 +32,7 @@ def parse_args(argv):
 
 def level_reader(args, num_layers):
     """path -> pyramid (lowest first): derived, or read from the given half/quarter inputs."""
-    from models.image import pyramid, pyramid_sizes, read_image
+    from codec.image import pyramid, pyramid_sizes, read_image
     given = [args.input_image_quater, args.input_image_half]
     if not any(given):
         return lambda path: pyramid(read_image(path), num_layers)

@@ -5,11 +5,11 @@ Example (toy size, a couple of minutes on a CPU):
       --filters 16,16 --lmbdas 250,50 --patchsize 64 --batchsize 4 --last_step 200
 """
 
-from models import cli
-from models.checkpoints import CheckpointError
+from pipeline import cli
+from pipeline.checkpoints import CheckpointError
 from models.config import ConfigError
-from models.data import DataError
-from models.training import TrainingError
+from pipeline.data import DataError
+from pipeline.training import TrainingError
 
 
 def parse_args(argv):
@@ -26,7 +26,7 @@ def parse_args(argv):
 
 
 def main(args):
-    from models import data
+    from pipeline import data
     config = cli.config_from_flags(args, "quality")
     cli.check_training_flags(args)
     files = data.training_images(args.train_glob, args.patchsize)

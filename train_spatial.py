@@ -6,11 +6,11 @@ Training data are TFRecords made by create_tfrecords.py. Example (toy size):
       --filters 16,16,16 --lmbdas 400,300,200 --patchsize 128 --batchsize 4 --last_step 200
 """
 
-from models import cli
-from models.checkpoints import CheckpointError
+from pipeline import cli
+from pipeline.checkpoints import CheckpointError
 from models.config import ConfigError
-from models.data import DataError
-from models.training import TrainingError
+from pipeline.data import DataError
+from pipeline.training import TrainingError
 
 
 def parse_args(argv):
@@ -30,7 +30,7 @@ def parse_args(argv):
 
 
 def main(args):
-    from models import data
+    from pipeline import data
     config = cli.config_from_flags(args, "spatial")
     cli.check_training_flags(args)
     if config.num_layers > 3:  # the TFRecords hold 3 levels: full, half and quarter

@@ -5,10 +5,10 @@ Every function returns a list of per-point dicts
 
     {"bpp": file bytes * 8 / pixels, "psnr": dB, "ms_ssim": raw value or None, "bytes": int, ...}
 
-(``ms_ssim`` is None for images under ``models.metrics.MS_SSIM_MIN_SIDE`` pixels a side or
+(``ms_ssim`` is None for images under ``pipeline.metrics.MS_SSIM_MIN_SIDE`` pixels a side or
 when called with ``ms_ssim=False``; MS-SSIM runs through TensorFlow and is the slow part.)
 
-computed from the decoded 8-bit RGB pixels with ``models.metrics`` (the same metric code as the
+computed from the decoded 8-bit RGB pixels with ``pipeline.metrics`` (the same metric code as the
 evaluation scripts).  Rates are always real byte counts of a file that decodes to exactly the
 pixels that were measured; nothing is estimated from a rate target.
 
@@ -52,8 +52,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageFile
 
-from models import metrics
-from models import image as image_lib
+from pipeline import metrics
+from codec import image as image_lib
 
 BITS_PER_PIXEL_RGB = 24.0
 _PROGRESSIONS = {0: "LRCP", 1: "RLCP", 2: "RPCL", 3: "PCRL", 4: "CPRL"}
@@ -356,7 +356,7 @@ def jpeg2000_resolution_levels(image, levels: int = 3, target_bpp: Optional[floa
     The codestream (single layer, irreversible, mct=1, RLCP progression so that resolutions
     come first; ``target_bpp`` sets the rate of the full-resolution codestream, None = no rate
     limit) is decoded with reduce = levels-1, ..., 0 (lowest resolution first).  Point j is
-    compared against ``models.image.downsample(image, pyramid_sizes(h, w, levels)[j])``.
+    compared against ``codec.image.downsample(image, pyramid_sizes(h, w, levels)[j])``.
     Its ``bytes`` is the size of the codestream truncated after the packets of the resolutions
     needed for that reduce (a valid standalone file, measured as in ``jpeg2000_layered``) and
     its ``bpp`` is bytes*8 over *that level's* pixels.  ``verify=True`` also decodes the full

@@ -33,7 +33,7 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import bjontegaard
 
-from models import metrics
+from pipeline import metrics
 
 DEFAULT_METHOD = "akima"
 METHODS = ("akima", "pchip", "cubic")

@@ -26,7 +26,7 @@ CODECS = ("j2k_layered", "j2k_single", "j2k_resolution", "jpeg", "webp")
 def run(images: str, out: str | None, codecs, ms_ssim: bool = True, verify: bool = False,
         resolution_bpp: float = 1.0, log=print):
     from bench import anchors, bd, plot, results_io
-    from models import image as image_lib
+    from codec import image as image_lib
 
     paths = image_lib.list_images(images)
     jobs = {

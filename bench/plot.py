@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from bench import results_io
 from bench.bd import curve_arrays
-from models import metrics
+from pipeline import metrics
 
 _MARKERS = "os^Dv<>pP*Xh"
 

@@ -242,7 +242,7 @@ def format_curve_table(docs: Mapping[str, Mapping]) -> str:
     """Markdown table of every point of every curve (means over images)."""
     lines = ["| Curve | Point | bpp | PSNR (dB) | MS-SSIM | MS-SSIM (dB) |",
              "|---|---:|---:|---:|---:|---:|"]
-    from models import metrics
+    from pipeline import metrics
     for name, doc in docs.items():
         r = doc["results"]
         labels = r.get("layer") or r.get("level") or list(range(1, len(r["bpp"]) + 1))
@@ -400,7 +400,7 @@ class Protocol:
         shutil.copyfile(results, dst)
 
     def kodak_images(self):
-        from models.image import list_images
+        from codec.image import list_images
         paths = list_images(self.kodak)
         if self.args.max_images:
             paths = paths[:self.args.max_images]
@@ -429,8 +429,8 @@ class Protocol:
 
     def lowres_folders(self):
         """Lanczos pyramid levels of the evaluation images below full resolution (the same
-        models.image.pyramid that eval_spatial.py compares against), as PNG folders."""
-        from models import image as image_lib
+        codec.image.pyramid that eval_spatial.py compares against), as PNG folders."""
+        from codec import image as image_lib
         n = len(self.args.spatial_filters)
         folders = [os.path.join(self.work, "kodak_levels", f"level{j + 1}of{n}")
                    for j in range(n - 1)]
@@ -454,7 +454,7 @@ class Protocol:
     # -- classic anchors matched to our results
     def stage_anchors(self):
         from bench import anchors
-        from models import image as image_lib
+        from codec import image as image_lib
         quality = self.load_eval("quality")
         if quality is None:
             raise SystemExit("anchors: run eval_quality first (the layered JPEG 2000 anchor is "

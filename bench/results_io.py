@@ -23,7 +23,7 @@ import numbers
 import os
 from typing import Dict, List, Mapping, Sequence
 
-from models import image as image_lib
+from codec import image as image_lib
 
 REQUIRED_KEYS = ("bpp", "psnr-rgb", "ms-ssim-rgb")
 _POINT_TO_SCHEMA = {"bpp": "bpp", "psnr": "psnr-rgb", "ms_ssim": "ms-ssim-rgb"}

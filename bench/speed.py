@@ -6,7 +6,7 @@ Weights as they come (untrained: timing does not need training).  For each entro
 (hyperprior, factorized), on a 768x512 image (Kodak's kodim01 when present, else a seeded
 synthetic image of that size):
 
-- encode time (all 4 layers, through models.evaluation.Codec, stream files written): streams
+- encode time (all 4 layers, through codec.streams.Codec, stream files written): streams
   only (a sender's work) and with every layer's reconstruction (what eval_*.py does);
 - decode time for k = 1..4 (Codec.decode: read + check streams, decode, write PNGs): layer k's
   image only (the lower layers entropy-decoded but not synthesized) and layers 1..k's images;
@@ -146,7 +146,7 @@ def format_table(report) -> str:
 
 def build_codec(filters, lmbdas, entropy_model):
     from models.config import ModelConfig
-    from models.evaluation import Codec
+    from codec.streams import Codec
     from models.factory import build_model
     names = ["B"] + [f"e{k}" for k in range(1, len(filters))]
     config = ModelConfig(mode="quality", layer_names=names, filters=list(filters),
@@ -164,7 +164,7 @@ def measure_codec(codec, image, runs, warmup, folder):
     alone (lower layers decoded, not synthesized); decode_all_s[k-1]: the images of layers
     1..k. Both decodes read and check the stream files and write the PNGs.
     """
-    from models import bitstream
+    from codec import bitstream
     n = codec.config.num_layers
     levels = [image] * n
     enc_s, enc_all, encoded = median_time(lambda: codec.encode(levels, folder, False),
@@ -221,7 +221,7 @@ def compare(scal, singles):
 def breakdown(codec, image, runs, warmup):
     """Time of each part of the coding path, per layer, on the image's shapes."""
     import tensorflow as tf
-    from models.image import pad_to_multiple
+    from codec.image import pad_to_multiple
     from models.scalable import PAD_MULTIPLE
     model = codec.model
     x = tf.cast(pad_to_multiple(image, PAD_MULTIPLE), tf.float32)[None] / 255.0
@@ -378,7 +378,7 @@ def main(argv=None):
         memory_child(args.memory_child, h, w, ems[0], filters)
         return 0
 
-    from models.image import read_image
+    from codec.image import read_image
     w, h = (int(v) for v in args.size.split("x"))
     if args.image and os.path.exists(args.image):
         image, source = read_image(args.image), args.image

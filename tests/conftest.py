@@ -107,8 +107,8 @@ class _TinyCheckpoints:
                 os.path.join(self.images_dir, f"train{seed}.png"))
         # Spatial examples: (full, half, quarter) 64x64 triples, as create_tfrecords.py makes.
         import tensorflow as tf
-        from models.data import make_example
-        from models.image import pyramid
+        from pipeline.data import make_example
+        from codec.image import pyramid
         with tf.io.TFRecordWriter(self.tfrecords) as writer:
             for seed in range(4):
                 quarter, half, full = pyramid(smooth_image(64, 64, 10 + seed), 3)

@@ -160,7 +160,7 @@ def test_j2k_layered_increasing_and_truncation_is_real(tiny):
     one = anchors._j2k_decode(plain, layers=1)
     everything = anchors._j2k_decode(plain)
     assert not np.array_equal(one, everything)
-    from models import metrics
+    from pipeline import metrics
     assert metrics.psnr(tiny, one) == pytest.approx(points[0]["psnr"])
     assert metrics.psnr(tiny, everything) == pytest.approx(points[-1]["psnr"])
 
@@ -190,7 +190,7 @@ def test_j2k_single(tiny):
 def test_j2k_resolution_levels(tiny, shape):
     img = np.resize(tiny, shape + (3,)) if shape != tiny.shape[:2] else tiny
     points = anchors.jpeg2000_resolution_levels(img, levels=3, target_bpp=3.0, verify=True)
-    from models.image import pyramid_sizes
+    from codec.image import pyramid_sizes
     assert [(p["height"], p["width"]) for p in points] == pyramid_sizes(*shape, 3)
     assert [p["reduce"] for p in points] == [2, 1, 0]
     assert all(b["bytes"] > a["bytes"] for a, b in zip(points, points[1:]))

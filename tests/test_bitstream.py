@@ -1,4 +1,4 @@
-"""Tests for models/bitstream.py: layout round trip, every decode check, fuzzing, layer chains."""
+"""Tests for codec/bitstream.py: layout round trip, every decode check, fuzzing, layer chains."""
 import dataclasses
 import os
 import random
@@ -7,8 +7,8 @@ import zlib
 
 import pytest
 
-from models import bitstream
-from models.bitstream import BitstreamError, LayerStream
+from codec import bitstream
+from codec.bitstream import BitstreamError, LayerStream
 
 CONFIG = bitstream.digest(b"model configuration")
 WEIGHTS = bitstream.digest(b"trained weights")

@@ -9,9 +9,9 @@ import tensorflow as tf
 from PIL import Image
 
 import create_tfrecords
-from models import data
-from models.data import DataError
-from models.image import downsample
+from pipeline import data
+from pipeline.data import DataError
+from codec.image import downsample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

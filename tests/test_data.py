@@ -1,4 +1,4 @@
-"""Tests for models/data.py: training file lists, patch and pyramid datasets."""
+"""Tests for pipeline/data.py: training file lists, patch and pyramid datasets."""
 import os
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from models import data
-from models.data import DataError
+from pipeline import data
+from pipeline.data import DataError
 
 
 def _save(path, height, width, seed=0):

@@ -1,4 +1,4 @@
-"""Tests for models/image.py: listing, reading conversions, padding, PNG writing, pyramids."""
+"""Tests for codec/image.py: listing, reading conversions, padding, PNG writing, pyramids."""
 import os
 import struct
 import warnings
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models import image as image_lib
-from models.image import ImageError
+from codec import image as image_lib
+from codec.image import ImageError
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)

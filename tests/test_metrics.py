@@ -1,10 +1,10 @@
-"""Tests for models/metrics.py: PSNR, MS-SSIM, bits per pixel."""
+"""Tests for pipeline/metrics.py: PSNR, MS-SSIM, bits per pixel."""
 import math
 
 import numpy as np
 import pytest
 
-from models import metrics
+from pipeline import metrics
 
 RNG = np.random.default_rng(0)
 

@@ -21,12 +21,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_SPATIAL_STEPS, smooth_image
-from models import bitstream
-from models.checkpoints import load_trained_model
+from codec import bitstream
+from pipeline.checkpoints import load_trained_model
 from models.config import ModelConfig
-from models.evaluation import Codec
+from codec.streams import Codec
 from models.factory import build_model
-from models.image import pad_to_multiple, pyramid
+from codec.image import pad_to_multiple, pyramid
 from models.quality import QualityModel
 from models.spatial import SpatialModel
 from models.scalable import PAD_MULTIPLE

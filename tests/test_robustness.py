@@ -24,9 +24,9 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import run_script_in_process
-from models import cli
+from pipeline import cli
 from models.config import ModelConfig
-from models.evaluation import Codec
+from codec.streams import Codec
 from models.factory import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

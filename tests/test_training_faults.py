@@ -19,7 +19,7 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import run_script_in_process
-from models import data, training
+from pipeline import data, training
 from models.config import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

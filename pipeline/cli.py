@@ -154,8 +154,8 @@ def load_codec(args, mode):
     """The trained model of --checkpoint_dir as a Codec, checked against explicit flags."""
     import tensorflow as tf
     tf.get_logger().setLevel("ERROR")
-    from models.checkpoints import load_trained_model
-    from models.evaluation import Codec
+    from pipeline.checkpoints import load_trained_model
+    from codec.streams import Codec
     filters = requested_filters(args, mode)
     given = {name: getattr(args, f"num_filters_{name}")
              for name in DEFAULTS[mode]["layer_names"]}
@@ -172,7 +172,7 @@ def load_codec(args, mode):
 
 def train_from_flags(args, config, dataset):
     """Run the training driver with the common flags; a signal exits 130 after saving."""
-    from models import training
+    from pipeline import training
     try:
         training.train(config, dataset, args.checkpoint_dir, args.last_step,
                        learning_rate=args.learning_rate, checkpoint_secs=args.checkpoint_secs,
@@ -187,8 +187,8 @@ def evaluate_from_flags(args, mode, level_reader=None):
 
     level_reader(num_layers) -> (path -> images per layer); None: the image for every layer.
     """
-    from models import evaluation
-    from models.image import list_images
+    from pipeline import evaluation
+    from codec.image import list_images
     if not args.decompress and not args.input_image:
         raise ConfigError("--input_image is required (or --decompress to decode existing "
                           "streams)")

@@ -16,7 +16,7 @@ import time
 
 import tensorflow as tf
 
-from models.checkpoints import latest_checkpoint
+from pipeline.checkpoints import latest_checkpoint
 from models.config import CONFIG_NAME, ConfigError, ModelConfig
 from models.factory import build_model
 

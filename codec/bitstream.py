@@ -41,7 +41,7 @@ import hashlib
 import os
 import zlib
 
-from .image import write_file_atomic
+from codec.image import write_file_atomic
 
 MAGIC = b"LSIC"
 FORMAT_VERSION = 1

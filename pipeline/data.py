@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from models.image import pyramid_sizes
+from codec.image import pyramid_sizes
 
 __all__ = [
     "DataError",
