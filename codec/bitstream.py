@@ -42,10 +42,10 @@ import os
 import zlib
 
 from codec.image import write_file_atomic
+from models.config import MODES
 
 MAGIC = b"LSIC"
 FORMAT_VERSION = 1
-MODES = ("quality", "spatial")
 DIGEST_SIZE = 8
 BASE_PARENT_DIGEST = bytes(DIGEST_SIZE)
 MAX_IMAGE_SIDE = 1 << 20

@@ -1,14 +1,21 @@
-"""The model configuration, saved as JSON beside the checkpoint so evaluation needs no flags."""
+"""The model configuration, saved as JSON beside the checkpoint so evaluation needs no flags.
+
+TensorFlow-free: the scripts parse their flags with it before TensorFlow loads. It also holds
+the names every layer agrees on: the modes, the entropy models and the layer names.
+"""
 
 import dataclasses
 import hashlib
 import json
 import os
 
-from models.entropy import ENTROPY_MODELS
-
 CONFIG_NAME = "config.json"
 MODES = ("quality", "spatial")
+# Entropy model name -> module that registers it (models/entropy/base.py); first = default.
+ENTROPY_MODELS = {
+    "hyperprior": "models.entropy.hyperprior",
+    "factorized": "models.entropy.factorized",
+}
 
 # The paper's settings (see README, "Architecture").
 DEFAULTS = {
@@ -17,6 +24,11 @@ DEFAULTS = {
     "spatial": dict(layer_names=["B", "e1", "e2"], filters=[96, 96, 96],
                     lmbdas=[400.0, 300.0, 200.0]),
 }
+
+
+def layer_names(count):
+    """B, e1, e2, ... for `count` layers."""
+    return ["B"] + [f"e{k}" for k in range(1, count)]
 
 
 class ConfigError(ValueError):

@@ -183,10 +183,10 @@ class ScalableModel(tf.keras.Model):
                            [tf.TensorSpec((None, None, 3), tf.uint8)])
 
     def _decoder(self, k, reconstruct):
-        count = self.entropy[k].num_strings
+        entropy_model = self.entropy[k]
         return self._coder(self._coding.decoders, self._decode_layer, k, reconstruct,
-                           [[tf.TensorSpec((1,), tf.string)] * count,
-                            [tf.TensorSpec((2,), tf.int32)] * count])
+                           [[tf.TensorSpec((1,), tf.string)] * entropy_model.num_strings,
+                            entropy_model.shape_specs()])
 
     def _check_coding(self):
         if not self._coding.ready:
@@ -224,12 +224,14 @@ class ScalableModel(tf.keras.Model):
         self._check_coding()
         reconstructions, context = [], None
         for k, (strings, shapes) in enumerate(codes):
-            count = self.entropy[k].num_strings
-            if len(strings) != count or len(shapes) != 2 * count:
-                raise ValueError(f"layer {self.config.layer_names[k]}: expected {count} "
-                                 f"strings and {2 * count} shape values")
+            sizes = [spec.shape[0] for spec in self.entropy[k].shape_specs()]
+            if len(strings) != len(sizes) or len(shapes) != sum(sizes):
+                raise ValueError(f"layer {self.config.layer_names[k]}: expected {len(sizes)} "
+                                 f"strings and {sum(sizes)} shape values")
+            ends = np.cumsum(sizes)
             args = [[tf.constant([s]) for s in strings],
-                    [tf.constant(shapes[2 * i:2 * i + 2], tf.int32) for i in range(count)]]
+                    [tf.constant(shapes[end - size:end], tf.int32)
+                     for size, end in zip(sizes, ends)]]
             if k > 0:
                 args.append(context)
             reconstruct = not last_only or k == len(codes) - 1

@@ -1,24 +1,22 @@
-"""Flags and error handling shared by the command-line scripts."""
+"""Flags and error handling shared by the command-line scripts.
+
+TensorFlow loads only once the flags are parsed (models.config is TensorFlow-free), so
+`--help` and flag errors are instant and the log level below applies to TF's start-up noise.
+"""
 
 import os
 import sys
 
+from absl import app
+from absl.flags import argparse_flags
+
+from models.config import DEFAULTS, ENTROPY_MODELS, ConfigError, ModelConfig, layer_names
+
 # TensorFlow prints CUDA/cuDNN registration noise at import; keep the console for our output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app  # noqa: E402
-from absl.flags import argparse_flags  # noqa: E402
-
-from models.config import DEFAULTS, ConfigError, ModelConfig  # noqa: E402
-from models.entropy import ENTROPY_MODELS  # noqa: E402
-
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
-
-
-def layer_names(count):
-    """B, e1, e2, ... for `count` layers."""
-    return ["B"] + [f"e{k}" for k in range(1, count)]
 
 
 def _int_list(text):
@@ -57,7 +55,7 @@ def add_layer_flags(parser, mode, with_defaults=True):
         parser.add_argument(
             "--lmbdas", type=_float_list, default=None,
             help="Comma-separated lambdas per layer, base first; goes with --filters.")
-    parser.add_argument("--entropy_model", choices=ENTROPY_MODELS,
+    parser.add_argument("--entropy_model", choices=list(ENTROPY_MODELS),
                         default="hyperprior" if with_defaults else None,
                         help="Entropy model of every layer.")
 

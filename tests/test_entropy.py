@@ -1,4 +1,4 @@
-"""Tests for models/entropy.py: both per-layer entropy models, training and coding forms.
+"""Tests for models/entropy/: the registry and both per-layer entropy models, training and coding forms.
 
 Estimated vs actual bits (measured on this machine, smooth 2x32x32x8 tensor):
   factorized, untrained prior:   actual / estimate = 1.0002 .. 1.0003 (a few bytes)
@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.entropy import (ENTROPY_MODELS, FactorizedEntropyModel, HyperpriorEntropyModel,
-                            make_entropy_model)
+from models.config import ENTROPY_MODELS as REGISTERED
+from models.entropy import make_entropy_model
+from models.entropy.factorized import FactorizedEntropyModel
+from models.entropy.hyperprior import HyperpriorEntropyModel
+
+ENTROPY_MODELS = tuple(REGISTERED)  # the built-in ones (tests may register more)
 
 CHANNELS = 8
 

@@ -1,69 +1,16 @@
-"""Per-layer entropy models: factorized (as the released code) or hyperprior (bmshj2018-style).
-
-Each model codes one latent tensor (the base latent or an enhancement residual) and has two
-forms: the training form, `model(tensor, training)` -> (noisy or quantized tensor, bits per
-batch element), and the coding form, built by `prepare_coding()` from the trained weights
-with `compression=True` range-coding tables, used by `compress` and `decompress`.
-"""
+"""The hyperprior entropy model (Balle et al. 2018, as tfc's bmshj2018): side information z,
+coded with a factorized prior, sets the Gaussian scale of every element."""
 
 import tensorflow as tf
 import tensorflow_compression as tfc
 
+from models.entropy.base import EntropyModel, register
+from models.entropy.factorized import factorized_coder
 from models.layers import conv, crop_to
 
-ENTROPY_MODELS = ("hyperprior", "factorized")
 
-
-def factorized_coder(prior):
-    """Coding form of a `ContinuousBatchedEntropyModel` over `prior` (coding rank 3).
-
-    The range-coding tables are computed inside a `tf.function`: building them eagerly runs
-    tfc's tail-estimation loop op by op and takes ~10x longer. The returned model holds the
-    tables but not the prior, so bits are estimated with the training form.
-    """
-    @tf.function
-    def tables():
-        model = tfc.ContinuousBatchedEntropyModel(
-            prior, coding_rank=3, compression=True, stateless=True)
-        return model.cdf, model.cdf_offset, model.quantization_offset
-
-    cdf, cdf_offset, offset = tables()
-    return tfc.ContinuousBatchedEntropyModel(
-        prior_shape=prior.batch_shape, coding_rank=3, compression=True, stateless=True,
-        cdf=cdf, cdf_offset=cdf_offset, quantization_offset=offset)
-
-
-class FactorizedEntropyModel(tf.keras.layers.Layer):
-    """A `ContinuousBatchedEntropyModel` with a `NoisyDeepFactorized` prior per channel."""
-
-    num_strings = 1
-
-    def __init__(self, channels, name=None):
-        super().__init__(name=name)
-        self.prior = tfc.NoisyDeepFactorized(batch_shape=(channels,))
-        self.coder = None
-
-    def call(self, tensor, training, quantization_offset=None):
-        model = tfc.ContinuousBatchedEntropyModel(
-            self.prior, coding_rank=3, compression=False, quantization_offset=quantization_offset)
-        return model(tensor, training=training)
-
-    def prepare_coding(self):
-        """Build the range-coding tables from the current weights (eager mode)."""
-        self.coder = factorized_coder(self.prior)
-
-    def compress(self, tensor):
-        """Returns (strings, shapes, dequantized tensor, estimated bits)."""
-        quantized = self.coder.quantize(tensor)
-        _, bits = self(tensor, training=False, quantization_offset=self.coder.quantization_offset)
-        strings = [self.coder.compress(tensor)]
-        return strings, [tf.shape(tensor)[1:3]], quantized, bits
-
-    def decompress(self, strings, shapes):
-        return self.coder.decompress(strings[0], shapes[0])
-
-
-class HyperpriorEntropyModel(tf.keras.layers.Layer):
+@register("hyperprior")
+class HyperpriorEntropyModel(EntropyModel):
     """Hyperprior model (Balle et al. 2018): side information z sets a Gaussian scale per element."""
 
     num_strings = 2
@@ -72,7 +19,7 @@ class HyperpriorEntropyModel(tf.keras.layers.Layer):
     SCALE_MAX = 256.0
 
     def __init__(self, channels, hyper_filters=None, name=None):
-        super().__init__(name=name)
+        super().__init__(channels, name=name)
         hyper_filters = hyper_filters or channels
 
         def sconv(filters, kernel, stride, activation, index):
@@ -138,12 +85,3 @@ class HyperpriorEntropyModel(tf.keras.layers.Layer):
         side_hat = self.side_coder.decompress(strings[1], shapes[1])
         indexes = self._indexes(side_hat, shapes[0])
         return self.coder.decompress(strings[0], indexes)
-
-
-def make_entropy_model(kind, channels, name=None):
-    """The entropy model named `kind` ("hyperprior" or "factorized") for `channels` channels."""
-    if kind == "hyperprior":
-        return HyperpriorEntropyModel(channels, name=name)
-    if kind == "factorized":
-        return FactorizedEntropyModel(channels, name=name)
-    raise ValueError(f"unknown entropy model {kind!r}: use one of {', '.join(ENTROPY_MODELS)}")

@@ -1,0 +1,83 @@
+"""The contract between the layer loop (models/scalable.py) and one layer's entropy model,
+and the name -> class registry.
+
+An entropy model codes one latent tensor (the base latent or an enhancement residual, NHWC)
+and has two forms:
+- training form: `model(tensor, training)` -> (noisy (training) or quantized tensor, estimated
+  bits per batch element);
+- coding form, made once by `prepare_coding()` from the final weights: `compress(tensor)` ->
+  (strings, shapes, dequantized tensor, estimated bits) for a batch of one, and
+  `decompress(strings, shapes)` -> the same dequantized tensor, from what the streams carry.
+  `num_strings` strings, and one int32 vector per string whose static shape is given by
+  `shape_specs()`; the first shape is the latent's [height, width].
+
+Adding an entropy model: one module with a subclass decorated `@register("name")`, and its
+name -> module line in `models.config.ENTROPY_MODELS` (TensorFlow-free, for the flags).
+"""
+
+import importlib
+
+import tensorflow as tf
+
+from models import config
+
+_CLASSES = {}
+
+
+def register(name):
+    """Class decorator: `ModelConfig(entropy_model=name)` builds this class."""
+    def decorate(cls):
+        _CLASSES[name] = cls
+        config.ENTROPY_MODELS.setdefault(name, cls.__module__)
+        return cls
+    return decorate
+
+
+def unregister(name):
+    """Forget a model registered at run time (tests)."""
+    _CLASSES.pop(name, None)
+    config.ENTROPY_MODELS.pop(name, None)
+
+
+def entropy_model_class(name):
+    """The class registered as `name` (its module is imported on first use)."""
+    if name not in config.ENTROPY_MODELS:
+        raise ValueError(f"unknown entropy model {name!r}: use one of "
+                         f"{', '.join(config.ENTROPY_MODELS)}")
+    if name not in _CLASSES:
+        importlib.import_module(config.ENTROPY_MODELS[name])
+    return _CLASSES[name]
+
+
+def make_entropy_model(kind, channels, name=None):
+    """The entropy model registered as `kind`, for `channels` channels."""
+    return entropy_model_class(kind)(channels, name=name)
+
+
+class EntropyModel(tf.keras.layers.Layer):
+    """Base class of the per-layer entropy models (see the module docstring)."""
+
+    num_strings = 1
+
+    def __init__(self, channels, name=None):
+        super().__init__(name=name)
+        self.channels = channels
+
+    def shape_specs(self):
+        """Static specs of the shape vectors `decompress` takes, one per string."""
+        return [tf.TensorSpec((2,), tf.int32)] * self.num_strings
+
+    def call(self, tensor, training):
+        raise NotImplementedError
+
+    def prepare_coding(self):
+        """Build the coding form from the current weights (after training or loading)."""
+        raise NotImplementedError
+
+    def compress(self, tensor):
+        """(strings, shapes, dequantized tensor, estimated bits) of a batch of one."""
+        raise NotImplementedError
+
+    def decompress(self, strings, shapes):
+        """The dequantized tensor from `compress`'s strings and shapes."""
+        raise NotImplementedError
