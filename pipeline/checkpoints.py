@@ -1,4 +1,5 @@
-"""Where trained models live: config.json plus TF checkpoints in one directory."""
+"""Where trained models live: config.json plus TF checkpoints (a training run) or plus
+float16 weights (a shipped model, see pipeline/pretrained.py) in one directory."""
 
 import os
 
@@ -6,6 +7,7 @@ import tensorflow as tf
 
 from models.config import ConfigError, ModelConfig
 from models.factory import build_model
+from pipeline import pretrained
 
 
 class CheckpointError(ValueError):
@@ -17,8 +19,8 @@ def latest_checkpoint(directory):
     return tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
 
 
-def load_trained_model(directory, mode, **requested):
-    """Build the model saved in `directory`, restore its weights and prepare it for coding.
+def restore_trained_model(directory, mode, **requested):
+    """Build the model saved in `directory` and restore its trained weights.
 
     mode: the mode the caller needs ("quality" or "spatial"); requested: fields given
     explicitly by the user (e.g. filters=[...]) that must agree with the saved configuration.
@@ -30,11 +32,17 @@ def load_trained_model(directory, mode, **requested):
                           f"{mode}-scalable one: use eval_{config.mode}.py or another "
                           "--checkpoint_dir")
     config.check_matches(directory, **requested)
+    model = build_model(config)
+    if pretrained.is_pretrained(directory):
+        try:
+            pretrained.load_weights(model, directory)
+        except pretrained.PretrainedError as error:
+            raise CheckpointError(str(error)) from None
+        return model
     path = latest_checkpoint(directory)
     if path is None:
         raise CheckpointError(f"'{directory}' has a config.json but no checkpoint: "
                               "training has not saved one yet")
-    model = build_model(config)
     try:
         status = tf.train.Checkpoint(model=model).restore(path)
         status.expect_partial().assert_existing_objects_matched()
@@ -42,5 +50,11 @@ def load_trained_model(directory, mode, **requested):
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise CheckpointError(f"checkpoint '{path}' does not match its config.json "
                               f"({type(error).__name__}: {first_line[:200]})") from None
+    return model
+
+
+def load_trained_model(directory, mode, **requested):
+    """`restore_trained_model`, then prepared for coding."""
+    model = restore_trained_model(directory, mode, **requested)
     model.prepare_coding()
     return model

@@ -135,8 +135,10 @@ def add_eval_flags(parser, mode):
     parser.add_argument("--output_folder", default="output",
                         help="Where streams, reconstructions and results.json go (one "
                              "subfolder per image when several are given).")
-    parser.add_argument("--checkpoint_dir", default="train",
-                        help="A directory written by the matching train script.")
+    parser.add_argument("--checkpoint_dir", default=None,
+                        help="A directory written by the matching train script, or a "
+                             "pretrained folder; default: the model shipped in "
+                             "pretrained/<mode>.")
     add_layer_flags(parser, mode, with_defaults=False)
     parser.add_argument("--decompress", action="store_true",
                         help="Only decode the streams in --output_folder (as a receiver "
@@ -152,8 +154,14 @@ def load_codec(args, mode):
     """The trained model of --checkpoint_dir as a Codec, checked against explicit flags."""
     import tensorflow as tf
     tf.get_logger().setLevel("ERROR")
-    from pipeline.checkpoints import load_trained_model
     from codec.streams import Codec
+    from pipeline.checkpoints import load_trained_model
+    from pipeline.pretrained import shipped_model_dir
+    if args.checkpoint_dir is None:
+        args.checkpoint_dir = shipped_model_dir(mode)
+        if not os.path.isdir(args.checkpoint_dir):
+            raise ConfigError(f"no {mode} model is shipped in {args.checkpoint_dir}: pass "
+                              f"--checkpoint_dir (a directory train_{mode}.py wrote)")
     filters = requested_filters(args, mode)
     given = {name: getattr(args, f"num_filters_{name}")
              for name in DEFAULTS[mode]["layer_names"]}
