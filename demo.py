@@ -1,6 +1,9 @@
-"""End-to-end demo: train a tiny quality-scalable model for ~2 minutes, then evaluate it.
+"""Demo: code a real photo with the shipped quality-scalable model, or train a tiny one first.
 
-Uses real photos bundled with scikit-image (installed by requirements.txt): eight for
+  python demo.py            evaluate pretrained/quality on a held-out photo (no training)
+  python demo.py --train    train a tiny model for ~2 minutes on eight photos, then evaluate it
+
+The photos are real ones bundled with scikit-image (installed by requirements.txt): eight for
 training, a held-out one (NASA's rocket) for evaluation. Everything goes to --workdir.
 """
 
@@ -20,7 +23,9 @@ def parse_args(argv):
     parser = argparse_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="demo_run", help="Where photos, checkpoints and "
                         "outputs go.")
-    parser.add_argument("--last_step", type=int, default=300, help="Training steps.")
+    parser.add_argument("--train", action="store_true",
+                        help="Train a tiny model first instead of using the shipped one.")
+    parser.add_argument("--last_step", type=int, default=300, help="Training steps (--train).")
     return parser.parse_args(argv[1:])
 
 
@@ -31,15 +36,18 @@ def run(script, *flags):
 
 
 def main(args):
-    photos = os.path.join(args.workdir, "photos")
-    sample_photos.export(photos)
     test_image, = sample_photos.export(os.path.join(args.workdir, "test"), sample_photos.HELD_OUT)
-    checkpoints = os.path.join(args.workdir, "quality_model")
-    run("train_quality.py", "--train_glob", os.path.join(photos, "*"), "--checkpoint_dir",
-        checkpoints, "--filters", "16,16,16,16", "--patchsize", "64", "--batchsize", "8",
-        "--last_step", str(args.last_step), "--learning_rate", "1e-3", "--log_every", "50")
+    model = []  # the shipped model: eval_quality.py's default
+    if args.train:
+        photos = os.path.join(args.workdir, "photos")
+        sample_photos.export(photos)
+        checkpoints = os.path.join(args.workdir, "quality_model")
+        run("train_quality.py", "--train_glob", os.path.join(photos, "*"), "--checkpoint_dir",
+            checkpoints, "--filters", "16,16,16,16", "--patchsize", "64", "--batchsize", "8",
+            "--last_step", str(args.last_step), "--learning_rate", "1e-3", "--log_every", "50")
+        model = ["--checkpoint_dir", checkpoints]
     run("eval_quality.py", "--input_image", test_image, "--output_folder",
-        os.path.join(args.workdir, "output"), "--checkpoint_dir", checkpoints)
+        os.path.join(args.workdir, "output"), *model)
 
 
 if __name__ == "__main__":
