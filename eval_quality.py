@@ -12,6 +12,7 @@ from codec.bitstream import BitstreamError
 from pipeline.checkpoints import CheckpointError
 from models.config import ConfigError
 from codec.image import ImageError
+from pipeline.locking import LockError
 
 
 def parse_args(argv):
@@ -27,4 +28,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args, (ConfigError, CheckpointError, ImageError, BitstreamError))
+    cli.run(main, parse_args,
+            (ConfigError, CheckpointError, ImageError, BitstreamError, LockError))

@@ -11,6 +11,7 @@ from pipeline.checkpoints import CheckpointError
 from models.config import ConfigError
 from pipeline.data import DataError
 from pipeline.training import TrainingError
+from pipeline.locking import LockError
 
 
 def parse_args(argv):
@@ -49,4 +50,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args, (ConfigError, CheckpointError, DataError, TrainingError))
+    cli.run(main, parse_args,
+            (ConfigError, CheckpointError, DataError, TrainingError, LockError))

@@ -2,6 +2,8 @@
 float16 weights (a shipped model, see pipeline/pretrained.py) in one directory."""
 
 import os
+import re
+import shutil
 
 import tensorflow as tf
 
@@ -17,6 +19,55 @@ class CheckpointError(ValueError):
 def latest_checkpoint(directory):
     """Path prefix of the newest complete checkpoint in `directory`, or None."""
     return tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
+
+
+# What tf.train.CheckpointManager writes per checkpoint: ckpt-<step>.index and
+# ckpt-<step>.data-<shard>-of-<shards>, through a ckpt-<step>_temp/ folder while saving.
+_CHECKPOINT_FILE = re.compile(r"(ckpt-\d+)(\.index|\.data-\d+-of-\d+|_temp)")
+
+
+def orphan_checkpoints(directory):
+    """Checkpoint files and unfinished saves in `directory` that its `checkpoint` state file
+    does not list (left by another run writing there, or by a kill mid-save): sorted names.
+
+    Only meaningful while no other process writes there (hold its lock)."""
+    if not os.path.isdir(directory):
+        return []
+    state = tf.train.get_checkpoint_state(directory)
+    listed = set()
+    if state is not None:
+        listed = {os.path.basename(path) for path in
+                  [state.model_checkpoint_path, *state.all_model_checkpoint_paths]}
+    orphans = []
+    for name in os.listdir(directory):
+        match = _CHECKPOINT_FILE.fullmatch(name)
+        if match and (match.group(2) == "_temp" or match.group(1) not in listed):
+            orphans.append(name)
+    return sorted(orphans)
+
+
+def report_orphans(directory, remove=False):
+    """Print the orphan checkpoints of `directory`; delete them only when `remove` is True."""
+    orphans = orphan_checkpoints(directory)
+    if not orphans:
+        return []
+    names = ", ".join(sorted({_CHECKPOINT_FILE.fullmatch(n).group(1)
+                              + ("_temp" if n.endswith("_temp") else "") for n in orphans},
+                             key=lambda n: (int(re.search(r"\d+", n).group()), n)))
+    state_file = os.path.join(directory, "checkpoint")
+    if remove:
+        for name in orphans:
+            path = os.path.join(directory, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        print(f"removed checkpoints that '{state_file}' does not list: {names}", flush=True)
+    else:
+        print(f"note: '{state_file}' does not list these checkpoints (left by another run or "
+              f"an interrupted save; never resumed from): {names}. They are kept: "
+              "--clean_orphans removes them", flush=True)
+    return orphans
 
 
 def restore_trained_model(directory, mode, **requested):

@@ -11,6 +11,7 @@ from absl import app
 from absl.flags import argparse_flags
 
 from models.config import DEFAULTS, ENTROPY_MODELS, ConfigError, ModelConfig, layer_names
+from pipeline.locking import DirectoryLock
 
 # TensorFlow prints CUDA/cuDNN registration noise at import; keep the console for our output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -110,6 +111,16 @@ def add_training_flags(parser):
     parser.add_argument("--seed", type=int, default=None, help="Seed of the data order and crops.")
     parser.add_argument("--verbose", "-V", action="store_true",
                         help="Progress every 10 steps and TensorFlow's own log messages.")
+    parser.add_argument("--clean_orphans", action="store_true",
+                        help="Delete the checkpoints in --checkpoint_dir that its 'checkpoint' "
+                             "state file does not list (they are only reported otherwise).")
+    _add_break_lock_flag(parser, "--checkpoint_dir")
+
+
+def _add_break_lock_flag(parser, flag):
+    parser.add_argument("--break_lock", action="store_true",
+                        help=f"Take over the lock of {flag} even if another host holds it "
+                             "(only when that run is known to be gone).")
 
 
 def check_training_flags(args):
@@ -148,6 +159,7 @@ def add_eval_flags(parser, mode):
     parser.add_argument("--last_layer_only", action="store_true",
                         help="With --decompress: write only the top decoded layer's PNG "
                              "(skips synthesizing the layers below it; faster).")
+    _add_break_lock_flag(parser, "--output_folder")
 
 
 def load_codec(args, mode):
@@ -177,15 +189,19 @@ def load_codec(args, mode):
 
 
 def train_from_flags(args, config, dataset):
-    """Run the training driver with the common flags; a signal exits 130 after saving."""
+    """Run the training driver with the common flags, holding --checkpoint_dir's lock (taken
+    before anything is written; see pipeline/locking.py); a signal exits 130 after saving."""
     from pipeline import training
-    try:
-        training.train(config, dataset, args.checkpoint_dir, args.last_step,
-                       learning_rate=args.learning_rate, checkpoint_secs=args.checkpoint_secs,
-                       log_every=args.log_every)
-    except training.Interrupted as stop:
-        print(stop, flush=True)
-        raise SystemExit(EXIT_INTERRUPTED)
+    from pipeline.checkpoints import report_orphans
+    with DirectoryLock(args.checkpoint_dir, "trained", "--checkpoint_dir", args.break_lock):
+        report_orphans(args.checkpoint_dir, remove=args.clean_orphans)
+        try:
+            training.train(config, dataset, args.checkpoint_dir, args.last_step,
+                           learning_rate=args.learning_rate,
+                           checkpoint_secs=args.checkpoint_secs, log_every=args.log_every)
+        except training.Interrupted as stop:
+            print(stop, flush=True)
+            raise SystemExit(EXIT_INTERRUPTED)
 
 
 def evaluate_from_flags(args, mode, level_reader=None):
@@ -202,10 +218,11 @@ def evaluate_from_flags(args, mode, level_reader=None):
         raise ConfigError("--last_layer_only applies to --decompress only (evaluation "
                           "measures every layer): add --decompress or drop it")
     inputs = None if args.decompress else list_images(args.input_image)
-    codec = load_codec(args, mode)
-    if args.decompress:
-        evaluation.decompress_folders(codec, args.output_folder, args.num_layers,
-                                      args.last_layer_only)
-        return
-    make_levels = level_reader(codec.config.num_layers) if level_reader else None
-    evaluation.evaluate(codec, inputs, args.output_folder, args.num_layers, make_levels)
+    with DirectoryLock(args.output_folder, "written", "--output_folder", args.break_lock):
+        codec = load_codec(args, mode)
+        if args.decompress:
+            evaluation.decompress_folders(codec, args.output_folder, args.num_layers,
+                                          args.last_layer_only)
+            return
+        make_levels = level_reader(codec.config.num_layers) if level_reader else None
+        evaluation.evaluate(codec, inputs, args.output_folder, args.num_layers, make_levels)

@@ -17,6 +17,7 @@ import numpy as np
 from codec.image import ImageError, read_image, write_file_atomic
 from codec.streams import rec_filename, stream_folders
 from pipeline import metrics
+from pipeline.locking import LOCK_NAME
 
 RESULTS_NAME = "results.json"
 FIELDS = ("eval_bpp", "actual_bpp", "bytes", "psnr", "ms_ssim")
@@ -88,15 +89,15 @@ def format_table(layers):
 def output_folders(inputs, output_folder):
     """Where each input's files go: `output_folder` itself for a single input, else
     `output_folder/<stem>`; inputs sharing a stem (photo.png, photo.jpg) keep their whole file
-    name (photo.png/, photo.jpg/), and any name still taken gets a -2, -3, ... suffix, so no
-    image's outputs overwrite another's."""
+    name (photo.png/, photo.jpg/), and any name still taken (or the folder's lock file's)
+    gets a -2, -3, ... suffix, so no image's outputs overwrite another's."""
     if len(inputs) == 1:
         return [output_folder]
     stems = [os.path.splitext(os.path.basename(path))[0] for path in inputs]
     counts = collections.Counter(stems)
     names = [os.path.basename(path) if counts[stem] > 1 else stem
              for path, stem in zip(inputs, stems)]
-    taken, folders = set(), []
+    taken, folders = {LOCK_NAME}, []
     for name in names:
         unique, suffix = name, 1
         while unique in taken:

@@ -4,10 +4,13 @@ Tiny 1-layer factorized models on 64-px patches of synthetic images: the layer c
 matter for any of these protections. The CLI runs are real subprocesses where a signal or the
 exit code matters, and in-process (runpy, same __main__ block) where only the error matters.
 """
+import json
 import os
 import random
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +23,8 @@ from PIL import Image
 
 from conftest import run_script_in_process
 from pipeline import data, training
+from pipeline.checkpoints import orphan_checkpoints
+from pipeline.locking import LOCK_NAME
 from models.config import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,8 +170,9 @@ class Training:
                       if m), None)
         return int(match.group(1)) if match else None
 
-    def stop(self, number):
-        if self.process.poll() is None:
+    def stop(self, number=None):
+        """Send signal `number` (None: none, wait for the end); the exit code."""
+        if number is not None and self.process.poll() is None:
             os.kill(self.process.pid, number)
         code = self.process.wait(timeout=120)
         for reader in self.readers:
@@ -332,6 +338,14 @@ def test_bad_training_data_fails_before_anything_is_written(bad_data, tmp_path, 
     assert not directory.exists(), sorted(os.listdir(directory))
 
 
+def assert_took_over(run, directory, killed):
+    """`run` took over the lock that the SIGKILLed run `killed` left, saying so."""
+    line = next((line for line in run.out if line.startswith("taking over the lock")), "")
+    assert line.startswith(f"taking over the lock of '{directory}': PID {killed.process.pid} "
+                           f"(train_quality.py) on host {socket.gethostname()} since "), run.text()
+    assert line.endswith("is no longer running"), line
+
+
 def rerun_and_resume(command, directory, complete):
     """Rerun training; it must resume from step `complete` and then save a later checkpoint."""
     run = Training(command)
@@ -340,6 +354,74 @@ def rerun_and_resume(command, directory, complete):
     run.wait_until(lambda: latest_step(directory) > complete, STARTUP_TIMEOUT,
                    "a checkpoint after the resume")
     return run
+
+
+def lock_holder(directory):
+    """The PID the lock file of `directory` names, or None."""
+    try:
+        with open(os.path.join(directory, LOCK_NAME)) as f:
+            return json.load(f)["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_two_trainings_on_one_directory_the_second_is_refused(images, tmp_path):
+    """The double launch of issue 14. Run A holds the directory (paused with SIGSTOP while it
+    holds it, so the overlap is certain); run B, the same command, is refused with one line
+    naming A, exit 1, and writes nothing; A then trains to its last step with every checkpoint
+    its own and nothing unlisted left behind."""
+    directory = str(tmp_path / "run")
+    command = ["--train_glob", images, "--checkpoint_dir", directory, "--last_step", "3"]
+    command += CLI_FLAGS
+    first = Training(command)
+    first.wait_until(lambda: lock_holder(directory) == first.process.pid, STARTUP_TIMEOUT,
+                     "the first run's lock")
+    os.kill(first.process.pid, signal.SIGSTOP)
+    try:
+        before = sorted(os.listdir(directory))
+        code, _, err = run_script_in_process("train_quality.py", command)
+        line = assert_one_line_error(
+            code, err, f"'{directory}' is being trained by PID {first.process.pid} "
+                       f"(train_quality.py) on host {socket.gethostname()} since ")
+        assert line.endswith("wait for it to end or use another --checkpoint_dir"), line
+        assert sorted(os.listdir(directory)) == before
+    finally:
+        os.kill(first.process.pid, signal.SIGCONT)
+    assert first.stop() == 0, first.text()
+    assert "done: step 3," in first.text()
+    assert assert_checkpoints_complete(directory) == 3
+    assert orphan_checkpoints(directory) == []
+    assert not os.path.exists(os.path.join(directory, LOCK_NAME))
+
+
+def test_orphan_checkpoints_are_reported_and_removed_only_when_asked(images, tmp_path):
+    """Checkpoints the state file does not list (another run's, an unfinished save) are named
+    at the start of training; --clean_orphans deletes them and nothing else."""
+    directory = str(tmp_path / "run")
+    training.train(CONFIG, patches(images), directory, 3, checkpoint_secs=0, make_step=eager)
+    for name in os.listdir(directory):
+        if name.startswith("ckpt-2."):
+            shutil.copyfile(os.path.join(directory, name),
+                            os.path.join(directory, name.replace("ckpt-2.", "ckpt-7.")))
+    os.makedirs(os.path.join(directory, "ckpt-9_temp"))
+    open(os.path.join(directory, "ckpt-9_temp", "part-00000-of-00001.index"), "wb").close()
+    orphans = orphan_checkpoints(directory)
+    assert "ckpt-7.index" in orphans and "ckpt-9_temp" in orphans
+    assert not [name for name in orphans if name.startswith(("ckpt-1", "ckpt-2", "ckpt-3"))]
+
+    command = ["--train_glob", images, "--checkpoint_dir", directory, "--last_step", "3",
+               *CLI_FLAGS]
+    code, out, err = run_script_in_process("train_quality.py", command)
+    assert code == 0, err
+    assert f"note: '{os.path.join(directory, 'checkpoint')}' does not list these checkpoints" in out
+    assert "ckpt-7, ckpt-9_temp. They are kept: --clean_orphans removes them" in out
+    assert orphan_checkpoints(directory) == orphans  # reported, not deleted
+
+    code, out, err = run_script_in_process("train_quality.py", command + ["--clean_orphans"])
+    assert code == 0, err
+    assert "does not list: ckpt-7, ckpt-9_temp" in out and "removed" in out
+    assert orphan_checkpoints(directory) == []
+    assert assert_checkpoints_complete(directory) == 3  # the listed ones untouched
 
 
 # Last: the slowest (three real training processes).
@@ -355,12 +437,14 @@ def test_sigkill_mid_save_and_at_random_then_sigint_resume_cleanly(images, tmp_p
     complete = assert_checkpoints_complete(directory)
 
     second = rerun_and_resume(command, directory, complete)
+    assert_took_over(second, directory, first)
     time.sleep(random.Random().uniform(0.0, 1.0))
     assert second.stop(signal.SIGKILL) == -signal.SIGKILL
     assert "cannot resume" not in second.text()
     complete = assert_checkpoints_complete(directory)
 
     third = rerun_and_resume(command, directory, complete)
+    assert_took_over(third, directory, second)
     code = third.stop(signal.SIGINT)
     text = third.text()
     assert code == 130, text
@@ -369,6 +453,7 @@ def test_sigkill_mid_save_and_at_random_then_sigint_resume_cleanly(images, tmp_p
     interrupted_at = int(match.group(1))
     assert "Traceback" not in text
     assert assert_checkpoints_complete(directory) == interrupted_at
+    assert not os.path.exists(os.path.join(directory, LOCK_NAME))  # SIGINT released the lock
 
     # The rerun (here the same driver in-process, eager steps: no second tracing) resumes there.
     capsys.readouterr()
