@@ -188,14 +188,7 @@ def measure_codec(codec, image, runs, warmup, folder):
                            actual_over_estimated=ratio(8 * payload, est_bits)))
     return dict(encode_s=enc_s, encode_runs=enc_all, encode_reconstruct_s=enc_rec_s,
                 decode_s=dec, decode_all_s=dec_all, layers=layers,
-                traces=trace_counts(codec.model))
-
-
-def trace_counts(model):
-    """(traced coding functions, traces in all): equal when nothing was retraced."""
-    functions = list(model._coding.encoders.values()) + list(model._coding.decoders.values())
-    return dict(functions=len(functions),
-                traces=sum(f.experimental_get_tracing_count() for f in functions))
+                traces=codec.model.coding_trace_counts())
 
 
 def compare(scal, singles):
@@ -232,7 +225,7 @@ def breakdown(codec, image, runs, warmup):
         t, _, latent = median_time(lambda: analysis(x), runs, warmup)
         out[f"analysis_{name}"] = t
         if k > 0:
-            predict = tf.function(lambda c, k=k: model._predict(k, c, tf.shape(latent)[1:3]))
+            predict = tf.function(lambda c, k=k: model.predict_latent(k, c, tf.shape(latent)[1:3]))
             t, _, prediction = median_time(lambda: predict(context), runs, warmup)
             out[f"prediction_{name}"] = t
         else:

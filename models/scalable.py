@@ -67,7 +67,9 @@ class ScalableModel(tf.keras.Model):
         raise NotImplementedError
 
     # --- training form ---------------------------------------------------------------------
-    def _predict(self, k, context, latent_shape):
+    def predict_latent(self, k, context, latent_shape):
+        """Layer k's prediction of its latent from the context of the layers below it,
+        cropped to `latent_shape` (height, width)."""
         return crop_to(self.prediction[k - 1](context), latent_shape)
 
     def call(self, inputs, training=False):
@@ -79,7 +81,7 @@ class ScalableModel(tf.keras.Model):
                 prediction = tf.zeros_like(latent)
                 latent_hat, bits = self.entropy[k](latent, training=training)
             else:
-                prediction = self._predict(k, context, tf.shape(latent)[1:3])
+                prediction = self.predict_latent(k, context, tf.shape(latent)[1:3])
                 residual_hat, bits = self.entropy[k](latent - prediction, training=training)
                 latent_hat = prediction + residual_hat
             context = self.extend_context(context, latent_hat, k)
@@ -155,7 +157,7 @@ class ScalableModel(tf.keras.Model):
     def _encode_layer(self, k, reconstruct, level, context=None):
         level = tf.cast(level, tf.float32)[None] / 255.0
         latent = self.analysis[k](level)
-        prediction = 0.0 if k == 0 else self._predict(k, context, tf.shape(latent)[1:3])
+        prediction = 0.0 if k == 0 else self.predict_latent(k, context, tf.shape(latent)[1:3])
         strings, shapes, residual_hat, bits = self.entropy[k].compress(latent - prediction)
         context = self.extend_context(context, prediction + residual_hat, k)
         reconstruction = to_uint8(self.synthesis[k](context)) if reconstruct else None
@@ -164,7 +166,7 @@ class ScalableModel(tf.keras.Model):
     def _decode_layer(self, k, reconstruct, strings, shapes, context=None):
         residual_hat = self.entropy[k].decompress(strings, shapes)
         latent_hat = residual_hat if k == 0 else (
-            self._predict(k, context, shapes[0]) + residual_hat)
+            self.predict_latent(k, context, shapes[0]) + residual_hat)
         context = self.extend_context(context, latent_hat, k)
         return context, to_uint8(self.synthesis[k](context)) if reconstruct else None
 
@@ -187,6 +189,13 @@ class ScalableModel(tf.keras.Model):
         return self._coder(self._coding.decoders, self._decode_layer, k, reconstruct,
                            [[tf.TensorSpec((1,), tf.string)] * entropy_model.num_strings,
                             entropy_model.shape_specs()])
+
+    def coding_trace_counts(self):
+        """How many traced coding functions exist and how often they were traced in all;
+        the two are equal when nothing was retraced."""
+        functions = [*self._coding.encoders.values(), *self._coding.decoders.values()]
+        return dict(functions=len(functions),
+                    traces=sum(f.experimental_get_tracing_count() for f in functions))
 
     def _check_coding(self):
         if not self._coding.ready:
