@@ -48,6 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF 2.14 prints cuDNN/cuFFT
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl.flags import argparse_flags
 
+from pipeline.cli import error_message
 from pipeline.data import DataError, make_example
 from codec.image import ImageError, list_images, pyramid, read_image
 
@@ -365,7 +366,7 @@ def main(args):
     try:
         result = create(args)
     except (DataError, ImageError, OSError) as e:
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        message = error_message(e).splitlines()[0] if str(e) else type(e).__name__
         raise SystemExit(f"error: {message}") from None
     except KeyboardInterrupt:
         raise SystemExit("error: interrupted: nothing written") from None

@@ -4,11 +4,11 @@ import os
 
 import tensorflow as tf
 
-from models.config import ConfigError, ModelConfig
+from models.config import ConfigError, ModelConfig, SettingsError
 from models.factory import build_model
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SettingsError, ValueError):
     """A checkpoint directory that cannot serve the request."""
 
 
@@ -28,7 +28,7 @@ def load_trained_model(directory, mode, **requested):
     if config.mode != mode:
         raise ConfigError(f"'{directory}' holds a {config.mode}-scalable model, not a "
                           f"{mode}-scalable one: use eval_{config.mode}.py or another "
-                          "--checkpoint_dir")
+                          "checkpoint_dir", ["checkpoint_dir"])
     config.check_matches(directory, **requested)
     path = latest_checkpoint(directory)
     if path is None:

@@ -10,7 +10,8 @@ import sys
 from absl import app
 from absl.flags import argparse_flags
 
-from models.config import DEFAULTS, ENTROPY_MODELS, ConfigError, ModelConfig, layer_names
+from models.config import (DEFAULTS, ENTROPY_MODELS, ConfigError, ModelConfig, SettingsError,
+                           layer_names)
 
 # TensorFlow prints CUDA/cuDNN registration noise at import; keep the console for our output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -83,13 +84,21 @@ def config_from_flags(args, mode):
                        lmbdas=lmbdas, entropy_model=args.entropy_model)
 
 
+def error_message(error):
+    """An error's message for the command line: the settings it names become their flags
+    (the flags are the settings' names: --num_layers, --checkpoint_dir, ...)."""
+    if isinstance(error, SettingsError):
+        return error.naming(lambda name: f"--{name}")
+    return str(error)
+
+
 def run(main, parse_args, errors):
     """Run an absl main; the given error types become one 'error: ...' line and exit 1."""
     def guarded(args):
         try:
             return main(args)
         except errors as error:
-            print(f"error: {error}", file=sys.stderr, flush=True)
+            print(f"error: {error_message(error)}", file=sys.stderr, flush=True)
             sys.exit(EXIT_ERROR)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)

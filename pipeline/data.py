@@ -31,6 +31,7 @@ import tensorflow as tf
 from PIL import Image
 
 from codec.image import pyramid_sizes
+from models.config import SettingsError
 
 __all__ = [
     "DataError",
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 
-class DataError(ValueError):
+class DataError(SettingsError, ValueError):
     """A problem with the training data; the message names it and the fix."""
 
 
@@ -96,7 +97,7 @@ def training_images(pattern, patchsize):
     patchsize = int(patchsize)
     files = _expand(pattern)
     if not files:
-        raise DataError(f"--train_glob '{pattern}' matches no files")
+        raise DataError(f"train_glob '{pattern}' matches no files", ["train_glob"])
     usable, small, unreadable = [], [], []
     for path in files:
         try:
@@ -137,8 +138,8 @@ def training_images(pattern, patchsize):
         if small:
             raise DataError(
                 f"no training image is at least {patchsize}x{patchsize}: lower "
-                "--patchsize or add larger images")
-        raise DataError(f"--train_glob '{pattern}' matches no readable images")
+                "patchsize or add larger images", ["patchsize"])
+        raise DataError(f"train_glob '{pattern}' matches no readable images", ["train_glob"])
     summary = f"training on {len(usable)} images"
     if skipped:
         summary += f" ({skipped} skipped: {'; '.join(reasons)})"
@@ -287,10 +288,11 @@ def _split_pattern(pattern):
             continue
         matches = _expand(part)
         if not matches:
-            raise DataError(f"--train_tfrecords '{part}' matches no files")
+            raise DataError(f"train_tfrecords '{part}' matches no files",
+                                ["train_tfrecords"])
         files.extend(matches)
     if not files:
-        raise DataError(f"--train_tfrecords '{pattern}' matches no files")
+        raise DataError(f"train_tfrecords '{pattern}' matches no files", ["train_tfrecords"])
     return list(dict.fromkeys(files))  # drop duplicates, keep order
 
 
@@ -358,8 +360,8 @@ def check_tfrecords(pattern, patchsize=None):
         if patchsize is not None and (height < patchsize or width < patchsize):
             raise DataError(f"'{name}' holds {width}x{height} examples, smaller "
                             f"than the {patchsize}x{patchsize} training patch: "
-                            "lower --patchsize or recreate the TFRecords with "
-                            "larger patches")
+                            "lower patchsize or recreate the TFRecords with "
+                            "larger patches", ["patchsize"])
     return files
 
 
@@ -410,8 +412,8 @@ def pyramid_dataset(files, batchsize, patchsize=None, seed=None,
     if patchsize is not None:
         patchsize = int(patchsize)
         if patchsize <= 0 or patchsize % 4:
-            raise DataError(f"--patchsize {patchsize} must be a positive multiple of "
-                            "4 for spatial training")
+            raise DataError(f"patchsize {patchsize} must be a positive multiple of "
+                            "4 for spatial training", ["patchsize"])
     names = tf.data.Dataset.from_tensor_slices(files)
     names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     names = names.repeat()

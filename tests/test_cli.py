@@ -248,3 +248,16 @@ def test_help_of_every_script(helps):
         result = finish(process)
         assert result.returncode == 0, describe(result)
         assert "usage:" in result.stdout and "--" in result.stdout, script
+
+
+def test_library_errors_name_fields_and_the_cli_shows_flags():
+    from codec.bitstream import BitstreamError
+    from models.config import ConfigError
+    from pipeline.cli import error_message
+    error = ConfigError("num_layers 3 is out of range for 'num_layers/x'; num_layersx stays",
+                        ["num_layers"])
+    assert str(error).startswith("num_layers 3 is out of range")
+    assert error_message(error) == ("--num_layers 3 is out of range for 'num_layers/x'; "
+                                    "num_layersx stays")
+    assert error_message(BitstreamError("plain")) == "plain"
+    assert error_message(ValueError("num_layers")) == "num_layers"
