@@ -145,11 +145,11 @@ def format_table(report) -> str:
 
 
 def build_codec(filters, lmbdas, entropy_model):
-    from models.config import ModelConfig
+    from models.config import ModelConfig, layer_names
     from codec.streams import Codec
     from models.factory import build_model
-    names = ["B"] + [f"e{k}" for k in range(1, len(filters))]
-    config = ModelConfig(mode="quality", layer_names=names, filters=list(filters),
+    config = ModelConfig(mode="quality", layer_names=layer_names(len(filters)),
+                         filters=list(filters),
                          lmbdas=list(lmbdas), entropy_model=entropy_model)
     model = build_model(config)
     model.prepare_coding()
@@ -249,10 +249,10 @@ def breakdown(codec, image, runs, warmup):
 def train_step_time(filters, lmbdas, entropy_model, steps, batch=8, patch=256):
     """(median seconds of a training step after one traced step, trace+first step seconds)."""
     import tensorflow as tf
-    from models.config import ModelConfig
+    from models.config import ModelConfig, layer_names
     from models.factory import build_model
-    names = ["B"] + [f"e{k}" for k in range(1, len(filters))]
-    config = ModelConfig(mode="quality", layer_names=names, filters=list(filters),
+    config = ModelConfig(mode="quality", layer_names=layer_names(len(filters)),
+                         filters=list(filters),
                          lmbdas=list(lmbdas), entropy_model=entropy_model)
     model = build_model(config)
     optimizer = tf.keras.optimizers.Adam(1e-4)

@@ -11,6 +11,9 @@ import os
 import re
 
 CONFIG_NAME = "config.json"
+# The analysis transform's total stride (four stride-2 convolutions): coded images and training
+# patches are multiples of it.
+DOWNSAMPLING = 16
 MODES = ("quality", "spatial")
 # Entropy model name -> module that registers it (models/entropy/base.py); first = default.
 ENTROPY_MODELS = {

@@ -13,12 +13,13 @@ import types
 import numpy as np
 import tensorflow as tf
 
+from models.config import DOWNSAMPLING
 from models.entropy import make_entropy_model
 from models.layers import (AnalysisTransform, PredictionTransform, SynthesisTransform, crop_to,
                            set_kernels_frozen)
 
-# Images are padded to this multiple before coding: the analysis downsamples by 16.
-PAD_MULTIPLE = 16
+# Images are padded to this multiple before coding.
+PAD_MULTIPLE = DOWNSAMPLING
 
 
 def to_uint8(image):
@@ -91,7 +92,8 @@ class ScalableModel(tf.keras.Model):
         return outputs
 
     def loss_terms(self, inputs, outputs):
-        """Loss = sum_k lambda_k * bpp_k + 255^2 * MSE_k, and per-layer metrics."""
+        """Loss = sum_k lambda_k * bpp_k + 255^2 * MSE_k, and per-layer metrics (bpp, MSE on
+        the 8-bit scale, prediction MSE; PSNR is derived from the MSE by the caller)."""
         loss = 0.0
         metrics = {}
         cumulative_bits = 0.0
@@ -108,7 +110,6 @@ class ScalableModel(tf.keras.Model):
             loss += self.config.lmbdas[k] * bpp + mse
             metrics[f"bpp_{name}"] = bpp
             metrics[f"mse_{name}"] = mse
-            metrics[f"psnr_{name}"] = 10.0 * tf.math.log(255.0 ** 2 / mse) / tf.math.log(10.0)
             if k > 0:  # monitored only, not part of the loss (as the reference)
                 metrics[f"prediction_mse_{name}"] = 0.1 * 255.0 ** 2 * tf.reduce_mean(
                     tf.math.squared_difference(out["latent"], out["prediction"]))

@@ -10,8 +10,8 @@ import sys
 from absl import app
 from absl.flags import argparse_flags
 
-from models.config import (DEFAULTS, ENTROPY_MODELS, ConfigError, ModelConfig, SettingsError,
-                           layer_names)
+from models.config import (DEFAULTS, DOWNSAMPLING, ENTROPY_MODELS, ConfigError, ModelConfig,
+                           SettingsError, layer_names)
 
 # TensorFlow prints CUDA/cuDNN registration noise at import; keep the console for our output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -126,9 +126,9 @@ def check_training_flags(args):
     for name in ("batchsize", "patchsize", "last_step", "preprocess_threads", "log_every"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1 (got {getattr(args, name)})")
-    if args.patchsize % 16:
-        raise ConfigError(f"--patchsize {args.patchsize} must be a multiple of 16 "
-                          "(the analysis transform downsamples by 16)")
+    if args.patchsize % DOWNSAMPLING:
+        raise ConfigError(f"--patchsize {args.patchsize} must be a multiple of {DOWNSAMPLING} "
+                          f"(the analysis transform downsamples by {DOWNSAMPLING})")
     if args.learning_rate <= 0 or args.checkpoint_secs < 0:
         raise ConfigError("--learning_rate must be positive and --checkpoint_secs non-negative")
     if args.verbose:

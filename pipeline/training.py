@@ -17,6 +17,7 @@ import time
 import tensorflow as tf
 
 from pipeline.checkpoints import latest_checkpoint
+from pipeline.metrics import psnr_from_mse
 from models.config import CONFIG_NAME, ConfigError, ModelConfig, SettingsError
 from models.factory import build_model
 
@@ -172,6 +173,8 @@ def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
             if step % log_every == 0 or step == last_step or stop.received:
                 seconds = (time.monotonic() - window_start) / window_steps
                 values = {k: float(v) for k, v in metrics.items()}
+                values.update({f"psnr_{name}": psnr_from_mse(values[f"mse_{name}"])
+                               for name in config.layer_names})
                 for name, value in values.items():
                     tf.summary.scalar(name, value, step=step)
                 tf.summary.scalar("seconds_per_step", seconds, step=step)

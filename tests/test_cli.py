@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import describe, finish, smooth_image, start_script
+from helpers import describe, finish, smooth_image, start_script
 
 SCRIPTS = ["train_quality.py", "train_spatial.py", "eval_quality.py", "eval_spatial.py",
            "create_tfrecords.py"]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_SPATIAL_STEPS, smooth_image
+from helpers import TINY_SPATIAL_STEPS, smooth_image
 from codec import bitstream
 from pipeline.checkpoints import load_trained_model
 from models.config import ModelConfig
