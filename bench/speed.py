@@ -44,12 +44,10 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 DEFAULT_FILTERS = (96, 120, 144, 196)
 DEFAULT_LMBDAS = (250.0, 100.0, 50.0, 25.0)
-DEFAULT_IMAGE = "/work/shared/kodak/kodim01.png"
+DEFAULT_IMAGE = os.path.join(REPO, "data", "kodak", "kodim01.png")
 
 
 # ----------------------------------------------------------------------------------------------
