@@ -139,6 +139,15 @@ def check_training_flags(args):
         tf.get_logger().setLevel("ERROR")
 
 
+def add_resample_flag(parser):
+    """--resample: the filter that makes the half and quarter images (codec.image)."""
+    from codec.image import DEFAULT_RESAMPLE, RESAMPLE_FILTERS
+    parser.add_argument(
+        "--resample", choices=list(RESAMPLE_FILTERS), default=DEFAULT_RESAMPLE,
+        help="Filter that derives the half- and quarter-resolution images from the full one "
+             "(Pillow, anti-aliased). Use the same filter for training data and evaluation.")
+
+
 def add_eval_flags(parser, mode):
     """Flags common to both eval scripts (filters are optional: the saved config rules)."""
     parser.add_argument("--output_folder", default="output",
