@@ -210,7 +210,8 @@ def test_eval_spatial_round_trips_odd_sizes_exactly(evals):
                for k, layer in enumerate(entry["layers"])]
         for k, layer in enumerate(entry["layers"]):
             assert layer["summed_eval_bpp"] == pytest.approx(sum(own[:k + 1]))
-        assert entry["layers"][-1]["summed_eval_bpp"] > entry["layers"][-1]["eval_bpp"]
+        if entry["layers"][0]["height"] < height:  # lower layers have fewer pixels (not 1x1)
+            assert entry["layers"][-1]["summed_eval_bpp"] > entry["layers"][-1]["eval_bpp"]
     # Averages hold the rates and quality; sizes differ between images and are left out.
     assert [set(layer) for layer in summary["average"]["layers"]] == [
         LAYER_FIELDS | {"summed_eval_bpp"}] * 3
