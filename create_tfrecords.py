@@ -20,8 +20,8 @@ Two ways in:
    bottom edges being dropped.
 
 2. Only --input_image FOLDER (or a glob or a file): the half and quarter
-   images are made with Pillow's anti-aliased Lanczos filter
-   (codec.image.pyramid). Each image is cut into non-overlapping
+   images are made with Pillow's anti-aliased --resample filter (lanczos by
+   default, or bicubic or bilinear; codec.image.pyramid). Each image is cut into non-overlapping
    --patchsize x --patchsize patches from the top-left corner (the remainder
    is dropped), so a large photo gives several examples; the half and quarter
    of each patch are downsampled from that full patch itself, so the three
@@ -48,6 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF 2.14 prints cuDNN/cuFFT
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl.flags import argparse_flags
 
+from pipeline.cli import add_resample_flag, error_message
 from pipeline.data import DataError, make_example
 from codec.image import ImageError, list_images, pyramid, read_image
 
@@ -77,6 +78,7 @@ def parse_args(argv):
     parser.add_argument(
         "--num_shards", type=int, default=1,
         help="Number of output files.")
+    add_resample_flag(parser)
     parser.add_argument(
         "--verbose", action="store_true",
         help="Print a line per image.")
@@ -98,13 +100,13 @@ def cut_aligned(full, half, quarter, patchsize):
                    quarter[y // 4:(y + p) // 4, x // 4:(x + p) // 4])
 
 
-def cut_patches(image, patchsize):
+def cut_patches(image, patchsize, resample):
     """Mode 2: non-overlapping patches, each with its own downsampled pyramid."""
     p = patchsize
     height, width = image.shape[:2]
     for y in range(0, height - p + 1, p):
         for x in range(0, width - p + 1, p):
-            quarter, half, full = pyramid(image[y:y + p, x:x + p], 3)
+            quarter, half, full = pyramid(image[y:y + p, x:x + p], 3, resample)
             yield full, half, quarter
 
 
@@ -281,7 +283,7 @@ def _sources(args):
     return sources, skipped
 
 
-def _examples(source, patchsize):
+def _examples(source, patchsize, resample):
     """Examples of one source, or raises DataError/ImageError with the reason."""
     name, full_path, half_path, quarter_path = source
     full = read_image(full_path)
@@ -291,7 +293,7 @@ def _examples(source, patchsize):
             raise _Skip("smaller than patch",
                         f"{width}x{height} is smaller than the {patchsize}x"
                         f"{patchsize} patch")
-        return list(cut_patches(full, patchsize))
+        return list(cut_patches(full, patchsize, resample))
     half = read_image(half_path)
     quarter = read_image(quarter_path)
     qh, qw = quarter.shape[:2]
@@ -326,7 +328,7 @@ def create(args):
         for done, source in enumerate(sources, 1):
             name = source[0]
             try:
-                examples = _examples(source, args.patchsize)
+                examples = _examples(source, args.patchsize, args.resample)
             except _Skip as e:
                 print(f"skipped '{name}': {e}", file=sys.stderr, flush=True)
                 skipped.append((name, e.kind))
@@ -365,7 +367,7 @@ def main(args):
     try:
         result = create(args)
     except (DataError, ImageError, OSError) as e:
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        message = error_message(e).splitlines()[0] if str(e) else type(e).__name__
         raise SystemExit(f"error: {message}") from None
     except KeyboardInterrupt:
         raise SystemExit("error: interrupted: nothing written") from None

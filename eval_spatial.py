@@ -1,8 +1,8 @@
 """Evaluate a spatial-scalable model: one stream per resolution layer, decode, measure.
 
 Layer k is compared with the input's pyramid level k: sizes ceil(H/4) x ceil(W/4),
-ceil(H/2) x ceil(W/2) and H x W, made with Pillow's Lanczos filter (as create_tfrecords.py)
-unless --input_image_half and --input_image_quater give them.
+ceil(H/2) x ceil(W/2) and H x W, made with the --resample filter (default Lanczos, as
+create_tfrecords.py) unless --input_image_half and --input_image_quater give them.
 Example:
   python eval_spatial.py --input_image kodak/ --output_folder out --checkpoint_dir runs/spatial
   python eval_spatial.py --decompress --num_layers 2 --last_layer_only --output_folder out \
@@ -28,6 +28,7 @@ def parse_args(argv):
     parser.add_argument("--input_image_quater", default=None,
                         help="The quarter-resolution image (or a folder of same-named images).")
     cli.add_eval_flags(parser, "spatial")
+    cli.add_resample_flag(parser)
     return parser.parse_args(argv[1:])
 
 
@@ -36,7 +37,7 @@ def level_reader(args, num_layers):
     from codec.image import pyramid, pyramid_sizes, read_image
     given = [args.input_image_quater, args.input_image_half]
     if not any(given):
-        return lambda path: pyramid(read_image(path), num_layers)
+        return lambda path: pyramid(read_image(path), num_layers, args.resample)
     if not all(given) or num_layers != 3:
         raise ConfigError("give both --input_image_half and --input_image_quater (3-layer "
                           "models only), or neither to derive them")

@@ -8,7 +8,7 @@ Training data are TFRecords made by create_tfrecords.py. Example (toy size):
 
 from pipeline import cli
 from pipeline.checkpoints import CheckpointError
-from models.config import ConfigError
+from models.config import DOWNSAMPLING, ConfigError
 from pipeline.data import DataError
 from pipeline.training import TrainingError
 from pipeline.locking import LockError
@@ -37,7 +37,7 @@ def main(args):
     if config.num_layers > 3:  # the TFRecords hold 3 levels: full, half and quarter
         raise ConfigError(f"a spatial model trained from TFRecords has at most 3 layers "
                           f"(got {config.num_layers} filters): give 2 or 3 values to --filters")
-    multiple = 16 << (config.num_layers - 1)  # the lowest level is a multiple of 16 too
+    multiple = DOWNSAMPLING << (config.num_layers - 1)  # the lowest level is coded too
     if args.patchsize % multiple:
         raise ConfigError(f"--patchsize {args.patchsize} must be a multiple of {multiple} "
                           f"for a {config.num_layers}-layer spatial model")

@@ -300,6 +300,10 @@ def _j2k_decode(data: bytes, layers: int = 0, reduce: int = 0) -> np.ndarray:
 # JPEG 2000 anchors
 
 
+# Full-resolution bpp targets of the JPEG 2000 resolution-level (RLCP) anchors of bench.rd.
+RESOLUTION_TARGETS_BPP = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
 def jpeg2000_layered(image, bpps: Sequence[float], verify: bool = False,
                      ms_ssim: bool = True) -> List[Dict]:
     """Quality-scalable JPEG 2000: ONE codestream with ``len(bpps)`` quality layers.
@@ -418,15 +422,12 @@ def webp_sweep(image, qualities: Iterable[int], ms_ssim: bool = True) -> List[Di
     return _pillow_sweep(_as_uint8_rgb(image), "WEBP", qualities, ms_ssim, method=6)
 
 
-def curve(points: Sequence[Dict], key: str = "psnr") -> Tuple[List[float], List[float]]:
-    """(bpp list, metric list) from a list of points."""
-    return [p["bpp"] for p in points], [p[key] for p in points]
-
-
 def average_points(per_image: Sequence[Sequence[Dict]]) -> List[Dict]:
     """Average point-wise over images (bpp, psnr, ms_ssim, bytes): the usual Kodak protocol
     (mean of per-image PSNR, not PSNR of the mean MSE).  Non-numeric/None values are dropped
     from the mean (ms_ssim None on an image makes the mean None)."""
+    if not per_image:
+        raise ValueError("no images to average")
     n_points = {len(p) for p in per_image}
     if len(n_points) != 1:
         raise ValueError("all images must have the same number of points")

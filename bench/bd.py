@@ -1,4 +1,5 @@
-"""Bjontegaard deltas (BD-rate, BD-PSNR) through the PyPI package ``bjontegaard`` (1.3.0).
+"""RD curves compared: Bjontegaard deltas (BD-rate, BD-PSNR) through the PyPI package
+``bjontegaard`` (1.3.0), and one point against a curve (``point_vs_curve``).
 
 Method: ``akima`` by default (piecewise Akima interpolation, the package's recommendation and
 the one used in recent JVET/MPEG practice), ``pchip`` also allowed (``cubic``, the original
@@ -183,6 +184,52 @@ def curve_arrays(curve, metric: str = "psnr") -> Tuple[List[float], List[float]]
     if metric == "ms_ssim_db":
         values = [metrics.ms_ssim_db(v) for v in values]
     return [float(r) for r in rates], [float(v) for v in values]
+
+
+def _log_rate_curve(rate, metric):
+    """(log10 rates, metric values) of a curve's finite points, or None unless they form an RD
+    curve (at least 2 points; rate and metric strictly increasing, as BD requires)."""
+    pairs = [(float(r), float(m)) for r, m in zip(rate, metric)
+             if r is not None and m is not None and math.isfinite(float(r))
+             and math.isfinite(float(m))]
+    rate, metric, why = _clean_curve([p[0] for p in pairs], [p[1] for p in pairs], 2, "anchor")
+    return None if why else (np.log10(rate), metric)
+
+
+def interp_log_rate(anchor_bpp: Sequence[float], anchor_metric: Sequence[float],
+                    metric: float) -> Optional[float]:
+    """Rate of the anchor at ``metric`` (piecewise linear in log10 rate), None outside."""
+    curve = _log_rate_curve(anchor_bpp, anchor_metric)
+    if curve is None or not curve[1][0] <= metric <= curve[1][-1]:
+        return None
+    return float(10 ** np.interp(metric, curve[1], curve[0]))
+
+
+def interp_metric(anchor_bpp: Sequence[float], anchor_metric: Sequence[float],
+                  bpp: float) -> Optional[float]:
+    """Metric of the anchor at ``bpp`` (piecewise linear in log10 rate), None outside."""
+    curve = _log_rate_curve(anchor_bpp, anchor_metric)
+    if curve is None or not curve[0][0] <= np.log10(bpp) <= curve[0][-1]:
+        return None
+    return float(np.interp(np.log10(bpp), curve[0], curve[1]))
+
+
+def point_vs_curve(point: Mapping, anchor, metric: str = "psnr") -> Dict:
+    """One RD point against an anchor curve: rate difference (%) at equal metric and metric
+    difference at equal rate, by piecewise-linear interpolation in log rate (a single point
+    has no BD integral).  None where the point lies outside the anchor's range."""
+    bpp, vals = curve_arrays(anchor, metric)
+    value = point.get(metric)
+    out = {"rate_diff": None, "metric_diff": None}
+    if value is None or point.get("bpp") is None:
+        return out
+    r = interp_log_rate(bpp, vals, float(value))
+    if r is not None:
+        out["rate_diff"] = 100.0 * (float(point["bpp"]) / r - 1.0)
+    m = interp_metric(bpp, vals, float(point["bpp"]))
+    if m is not None:
+        out["metric_diff"] = float(value) - m
+    return out
 
 
 def bd_table(reference_name: str, curves: Dict[str, object], metric: str = "psnr",

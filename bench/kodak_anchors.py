@@ -6,8 +6,7 @@
 Averages are per-point means over images of bpp, PSNR and MS-SSIM (the usual Kodak protocol).
 Writes one CompressAI-style results JSON per codec (bench.results_io) into --out, a plot
 (rd_anchors.png) and a BD table against JPEG 2000 single-layer (bd_anchors.md).  When the image
-folder does not exist it says so and exits with status 0 (nothing to do), so it never needs
-/work/shared.
+folder does not exist it says so and exits with status 0 (nothing to do).
 """
 from __future__ import annotations
 
@@ -19,7 +18,8 @@ import time
 J2K_BPPS = (0.25, 0.5, 0.75, 1.0)
 JPEG_QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 WEBP_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
-DEFAULT_IMAGES = "/work/shared/kodak"
+DEFAULT_IMAGES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "data", "kodak")
 CODECS = ("j2k_layered", "j2k_single", "j2k_resolution", "jpeg", "webp")
 
 

@@ -44,12 +44,10 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 DEFAULT_FILTERS = (96, 120, 144, 196)
 DEFAULT_LMBDAS = (250.0, 100.0, 50.0, 25.0)
-DEFAULT_IMAGE = "/work/shared/kodak/kodim01.png"
+DEFAULT_IMAGE = os.path.join(REPO, "data", "kodak", "kodim01.png")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,11 +143,11 @@ def format_table(report) -> str:
 
 
 def build_codec(filters, lmbdas, entropy_model):
-    from models.config import ModelConfig
+    from models.config import ModelConfig, layer_names
     from codec.streams import Codec
     from models.factory import build_model
-    names = ["B"] + [f"e{k}" for k in range(1, len(filters))]
-    config = ModelConfig(mode="quality", layer_names=names, filters=list(filters),
+    config = ModelConfig(mode="quality", layer_names=layer_names(len(filters)),
+                         filters=list(filters),
                          lmbdas=list(lmbdas), entropy_model=entropy_model)
     model = build_model(config)
     model.prepare_coding()
@@ -188,14 +186,7 @@ def measure_codec(codec, image, runs, warmup, folder):
                            actual_over_estimated=ratio(8 * payload, est_bits)))
     return dict(encode_s=enc_s, encode_runs=enc_all, encode_reconstruct_s=enc_rec_s,
                 decode_s=dec, decode_all_s=dec_all, layers=layers,
-                traces=trace_counts(codec.model))
-
-
-def trace_counts(model):
-    """(traced coding functions, traces in all): equal when nothing was retraced."""
-    functions = list(model._coding.encoders.values()) + list(model._coding.decoders.values())
-    return dict(functions=len(functions),
-                traces=sum(f.experimental_get_tracing_count() for f in functions))
+                traces=codec.model.coding_trace_counts())
 
 
 def compare(scal, singles):
@@ -232,7 +223,7 @@ def breakdown(codec, image, runs, warmup):
         t, _, latent = median_time(lambda: analysis(x), runs, warmup)
         out[f"analysis_{name}"] = t
         if k > 0:
-            predict = tf.function(lambda c, k=k: model._predict(k, c, tf.shape(latent)[1:3]))
+            predict = tf.function(lambda c, k=k: model.predict_latent(k, c, tf.shape(latent)[1:3]))
             t, _, prediction = median_time(lambda: predict(context), runs, warmup)
             out[f"prediction_{name}"] = t
         else:
@@ -256,10 +247,10 @@ def breakdown(codec, image, runs, warmup):
 def train_step_time(filters, lmbdas, entropy_model, steps, batch=8, patch=256):
     """(median seconds of a training step after one traced step, trace+first step seconds)."""
     import tensorflow as tf
-    from models.config import ModelConfig
+    from models.config import ModelConfig, layer_names
     from models.factory import build_model
-    names = ["B"] + [f"e{k}" for k in range(1, len(filters))]
-    config = ModelConfig(mode="quality", layer_names=names, filters=list(filters),
+    config = ModelConfig(mode="quality", layer_names=layer_names(len(filters)),
+                         filters=list(filters),
                          lmbdas=list(lmbdas), entropy_model=entropy_model)
     model = build_model(config)
     optimizer = tf.keras.optimizers.Adam(1e-4)

@@ -42,7 +42,7 @@ import os
 import zlib
 
 from codec.image import write_file_atomic
-from models.config import MODES
+from models.config import MODES, SettingsError
 
 MAGIC = b"LSIC"
 FORMAT_VERSION = 1
@@ -57,7 +57,7 @@ _MAX_VARINT_BYTES = 8
 _CRC_SIZE = 4
 
 
-class BitstreamError(ValueError):
+class BitstreamError(SettingsError, ValueError):
     """A stream file that is missing, damaged or does not fit the model / other layers."""
 
 

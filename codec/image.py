@@ -207,10 +207,21 @@ def write_png(path, image):
     write_file_atomic(path, buffer.getvalue())
 
 
-def downsample(image, size):
-    """Resizes a uint8 (H, W, 3) image to size=(height, width) with Pillow's anti-aliased Lanczos.
+# Filters for the lower pyramid levels (--resample); Lanczos is the default (README,
+# "Differences from the released code", says why).
+RESAMPLE_FILTERS = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+}
+DEFAULT_RESAMPLE = "lanczos"
 
-    Pillow widens the Lanczos kernel by the reduction factor, so this low-pass
+
+def downsample(image, size, resample=DEFAULT_RESAMPLE):
+    """Resizes a uint8 (H, W, 3) image to size=(height, width) with one of Pillow's
+    anti-aliased filters (`resample`: a RESAMPLE_FILTERS name).
+
+    Pillow widens the filter kernel by the reduction factor, so this low-pass
     filters before subsampling.
     """
     image = np.asarray(image)
@@ -218,7 +229,10 @@ def downsample(image, size):
     height, width = size
     if height < 1 or width < 1:
         raise ValueError(f"downsample size must be positive, got {size}")
-    resized = Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS)
+    if resample not in RESAMPLE_FILTERS:
+        raise ValueError(f"unknown resampling filter {resample!r}: use one of "
+                         f"{', '.join(RESAMPLE_FILTERS)}")
+    resized = Image.fromarray(image).resize((width, height), RESAMPLE_FILTERS[resample])
     return np.asarray(resized)
 
 
@@ -229,12 +243,12 @@ def pyramid_sizes(height, width, levels):
     return [(_ceil_div(height, 2**j), _ceil_div(width, 2**j)) for j in reversed(range(levels))]
 
 
-def pyramid(image, levels):
+def pyramid(image, levels, resample=DEFAULT_RESAMPLE):
     """Image pyramid of pyramid_sizes(), lowest resolution first.
 
-    Each lower level is downsampled directly from the full image, which is
-    the last level, unchanged.
+    Each lower level is downsampled directly from the full image (with the
+    `resample` filter), which is the last level, unchanged.
     """
     height, width = image.shape[:2]
     sizes = pyramid_sizes(height, width, levels)
-    return [downsample(image, size) for size in sizes[:-1]] + [image]
+    return [downsample(image, size, resample) for size in sizes[:-1]] + [image]

@@ -33,8 +33,9 @@ class Codec:
         if num_layers is None:
             return n
         if not 1 <= num_layers <= n:
-            raise ConfigError(f"--num_layers {num_layers} is out of range: this model has "
-                             f"{n} layers ({', '.join(self.config.layer_names)})")
+            raise ConfigError(f"num_layers {num_layers} is out of range: this model has "
+                              f"{n} layers ({', '.join(self.config.layer_names)})",
+                              ["num_layers"])
         return num_layers
 
     def encode(self, levels, folder, reconstruct=True):
@@ -115,5 +116,5 @@ def stream_folders(output_folder):
     if not folders:
         raise bitstream.BitstreamError(
             f"{output_folder}: no stream_*.tfci here or in its subfolders: "
-            "point --output_folder at the streams eval wrote")
+            "point output_folder at the streams eval wrote", ["output_folder"])
     return folders

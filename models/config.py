@@ -8,8 +8,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 
 CONFIG_NAME = "config.json"
+# The analysis transform's total stride (four stride-2 convolutions): coded images and training
+# patches are multiples of it.
+DOWNSAMPLING = 16
 MODES = ("quality", "spatial")
 # Entropy model name -> module that registers it (models/entropy/base.py); first = default.
 ENTROPY_MODELS = {
@@ -31,7 +35,30 @@ def layer_names(count):
     return ["B"] + [f"e{k}" for k in range(1, count)]
 
 
-class ConfigError(ValueError):
+class SettingsError(Exception):
+    """Base of the errors whose message names settings (`settings`: field and argument names
+    such as `num_layers`, written as whole words in the message).
+
+    The library speaks of fields; a command line shows the same message with its flags in
+    their place (`naming`, used by pipeline/cli.py). Combine with a built-in error type.
+    """
+
+    def __init__(self, message, settings=()):
+        super().__init__(message)
+        self.settings = tuple(settings)
+
+    def naming(self, rename):
+        """The message with each named setting replaced by rename(setting); quoted text
+        (paths, values) is left alone."""
+        parts = re.split(r"('[^']*')", str(self))
+        for name in self.settings:
+            pattern = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
+            parts = [part if part.startswith("'") else pattern.sub(rename(name), part)
+                     for part in parts]
+        return "".join(parts)
+
+
+class ConfigError(SettingsError, ValueError):
     """A configuration that is missing, unreadable or disagrees with what was asked for."""
 
 
@@ -98,8 +125,8 @@ class ModelConfig:
         """Read config.json from a checkpoint directory; ConfigError when absent or invalid."""
         path = os.path.join(directory, CONFIG_NAME)
         if not os.path.isdir(directory):
-            raise ConfigError(f"checkpoint directory '{directory}' does not exist: "
-                              "pass the --checkpoint_dir a training run wrote")
+            raise ConfigError(f"checkpoint_dir '{directory}' does not exist: pass a "
+                              "directory that a training run wrote", ["checkpoint_dir"])
         if not os.path.exists(path):
             raise ConfigError(f"'{directory}' holds no {CONFIG_NAME}: it is not a checkpoint "
                               "directory of this project (train a model into it first)")

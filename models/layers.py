@@ -76,7 +76,7 @@ def crop_to(tensor, reference):
     return tensor[:, :reference[0], :reference[1], :]
 
 
-def pad_to_multiple(tensor, multiple):
+def zero_pad_to_multiple(tensor, multiple):
     """Zero-pad a NHWC tensor at the bottom/right so its height and width divide `multiple`."""
     shape = tf.shape(tensor)
     pad_h = (-shape[1]) % multiple
@@ -144,7 +144,7 @@ class PredictionTransform(tf.keras.layers.Layer):
 
     def call(self, context):
         l0, l1, l2, l3, l4, l5, l6, l7 = self.convs
-        x2 = l1(l0(pad_to_multiple(context, self.multiple)))
+        x2 = l1(l0(zero_pad_to_multiple(context, self.multiple)))
         x4 = l3(l2(x2))
         x6 = l5(l4(x4 + x2))
         return l7(l6(x6 + x4 + x2))

@@ -13,12 +13,13 @@ import types
 import numpy as np
 import tensorflow as tf
 
+from models.config import DOWNSAMPLING
 from models.entropy import make_entropy_model
 from models.layers import (AnalysisTransform, PredictionTransform, SynthesisTransform, crop_to,
                            set_kernels_frozen)
 
-# Images are padded to this multiple before coding: the analysis downsamples by 16.
-PAD_MULTIPLE = 16
+# Images are padded to this multiple before coding.
+PAD_MULTIPLE = DOWNSAMPLING
 
 
 def to_uint8(image):
@@ -67,7 +68,9 @@ class ScalableModel(tf.keras.Model):
         raise NotImplementedError
 
     # --- training form ---------------------------------------------------------------------
-    def _predict(self, k, context, latent_shape):
+    def predict_latent(self, k, context, latent_shape):
+        """Layer k's prediction of its latent from the context of the layers below it,
+        cropped to `latent_shape` (height, width)."""
         return crop_to(self.prediction[k - 1](context), latent_shape)
 
     def call(self, inputs, training=False):
@@ -79,7 +82,7 @@ class ScalableModel(tf.keras.Model):
                 prediction = tf.zeros_like(latent)
                 latent_hat, bits = self.entropy[k](latent, training=training)
             else:
-                prediction = self._predict(k, context, tf.shape(latent)[1:3])
+                prediction = self.predict_latent(k, context, tf.shape(latent)[1:3])
                 residual_hat, bits = self.entropy[k](latent - prediction, training=training)
                 latent_hat = prediction + residual_hat
             context = self.extend_context(context, latent_hat, k)
@@ -89,7 +92,8 @@ class ScalableModel(tf.keras.Model):
         return outputs
 
     def loss_terms(self, inputs, outputs):
-        """Loss = sum_k lambda_k * bpp_k + 255^2 * MSE_k, and per-layer metrics."""
+        """Loss = sum_k lambda_k * bpp_k + 255^2 * MSE_k, and per-layer metrics (bpp, MSE on
+        the 8-bit scale, prediction MSE; PSNR is derived from the MSE by the caller)."""
         loss = 0.0
         metrics = {}
         cumulative_bits = 0.0
@@ -106,7 +110,6 @@ class ScalableModel(tf.keras.Model):
             loss += self.config.lmbdas[k] * bpp + mse
             metrics[f"bpp_{name}"] = bpp
             metrics[f"mse_{name}"] = mse
-            metrics[f"psnr_{name}"] = 10.0 * tf.math.log(255.0 ** 2 / mse) / tf.math.log(10.0)
             if k > 0:  # monitored only, not part of the loss (as the reference)
                 metrics[f"prediction_mse_{name}"] = 0.1 * 255.0 ** 2 * tf.reduce_mean(
                     tf.math.squared_difference(out["latent"], out["prediction"]))
@@ -155,7 +158,7 @@ class ScalableModel(tf.keras.Model):
     def _encode_layer(self, k, reconstruct, level, context=None):
         level = tf.cast(level, tf.float32)[None] / 255.0
         latent = self.analysis[k](level)
-        prediction = 0.0 if k == 0 else self._predict(k, context, tf.shape(latent)[1:3])
+        prediction = 0.0 if k == 0 else self.predict_latent(k, context, tf.shape(latent)[1:3])
         strings, shapes, residual_hat, bits = self.entropy[k].compress(latent - prediction)
         context = self.extend_context(context, prediction + residual_hat, k)
         reconstruction = to_uint8(self.synthesis[k](context)) if reconstruct else None
@@ -164,7 +167,7 @@ class ScalableModel(tf.keras.Model):
     def _decode_layer(self, k, reconstruct, strings, shapes, context=None):
         residual_hat = self.entropy[k].decompress(strings, shapes)
         latent_hat = residual_hat if k == 0 else (
-            self._predict(k, context, shapes[0]) + residual_hat)
+            self.predict_latent(k, context, shapes[0]) + residual_hat)
         context = self.extend_context(context, latent_hat, k)
         return context, to_uint8(self.synthesis[k](context)) if reconstruct else None
 
@@ -187,6 +190,13 @@ class ScalableModel(tf.keras.Model):
         return self._coder(self._coding.decoders, self._decode_layer, k, reconstruct,
                            [[tf.TensorSpec((1,), tf.string)] * entropy_model.num_strings,
                             entropy_model.shape_specs()])
+
+    def coding_trace_counts(self):
+        """How many traced coding functions exist and how often they were traced in all;
+        the two are equal when nothing was retraced."""
+        functions = [*self._coding.encoders.values(), *self._coding.decoders.values()]
+        return dict(functions=len(functions),
+                    traces=sum(f.experimental_get_tracing_count() for f in functions))
 
     def _check_coding(self):
         if not self._coding.ready:

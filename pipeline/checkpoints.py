@@ -7,12 +7,12 @@ import shutil
 
 import tensorflow as tf
 
-from models.config import ConfigError, ModelConfig
+from models.config import ConfigError, ModelConfig, SettingsError
 from models.factory import build_model
 from pipeline import pretrained
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SettingsError, ValueError):
     """A checkpoint directory that cannot serve the request."""
 
 
@@ -81,7 +81,7 @@ def restore_trained_model(directory, mode, **requested):
     if config.mode != mode:
         raise ConfigError(f"'{directory}' holds a {config.mode}-scalable model, not a "
                           f"{mode}-scalable one: use eval_{config.mode}.py or another "
-                          "--checkpoint_dir")
+                          "checkpoint_dir", ["checkpoint_dir"])
     config.check_matches(directory, **requested)
     model = build_model(config)
     if pretrained.is_pretrained(directory):

@@ -10,7 +10,8 @@ import sys
 from absl import app
 from absl.flags import argparse_flags
 
-from models.config import DEFAULTS, ENTROPY_MODELS, ConfigError, ModelConfig, layer_names
+from models.config import (DEFAULTS, DOWNSAMPLING, ENTROPY_MODELS, ConfigError, ModelConfig,
+                           SettingsError, layer_names)
 from pipeline.locking import DirectoryLock
 
 # TensorFlow prints CUDA/cuDNN registration noise at import; keep the console for our output.
@@ -84,13 +85,21 @@ def config_from_flags(args, mode):
                        lmbdas=lmbdas, entropy_model=args.entropy_model)
 
 
+def error_message(error):
+    """An error's message for the command line: the settings it names become their flags
+    (the flags are the settings' names: --num_layers, --checkpoint_dir, ...)."""
+    if isinstance(error, SettingsError):
+        return error.naming(lambda name: f"--{name}")
+    return str(error)
+
+
 def run(main, parse_args, errors):
     """Run an absl main; the given error types become one 'error: ...' line and exit 1."""
     def guarded(args):
         try:
             return main(args)
         except errors as error:
-            print(f"error: {error}", file=sys.stderr, flush=True)
+            print(f"error: {error_message(error)}", file=sys.stderr, flush=True)
             sys.exit(EXIT_ERROR)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)
@@ -128,9 +137,9 @@ def check_training_flags(args):
     for name in ("batchsize", "patchsize", "last_step", "preprocess_threads", "log_every"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1 (got {getattr(args, name)})")
-    if args.patchsize % 16:
-        raise ConfigError(f"--patchsize {args.patchsize} must be a multiple of 16 "
-                          "(the analysis transform downsamples by 16)")
+    if args.patchsize % DOWNSAMPLING:
+        raise ConfigError(f"--patchsize {args.patchsize} must be a multiple of {DOWNSAMPLING} "
+                          f"(the analysis transform downsamples by {DOWNSAMPLING})")
     if args.learning_rate <= 0 or args.checkpoint_secs < 0:
         raise ConfigError("--learning_rate must be positive and --checkpoint_secs non-negative")
     if args.verbose:
@@ -139,6 +148,15 @@ def check_training_flags(args):
     else:
         import tensorflow as tf
         tf.get_logger().setLevel("ERROR")
+
+
+def add_resample_flag(parser):
+    """--resample: the filter that makes the half and quarter images (codec.image)."""
+    from codec.image import DEFAULT_RESAMPLE, RESAMPLE_FILTERS
+    parser.add_argument(
+        "--resample", choices=list(RESAMPLE_FILTERS), default=DEFAULT_RESAMPLE,
+        help="Filter that derives the half- and quarter-resolution images from the full one "
+             "(Pillow, anti-aliased). Use the same filter for training data and evaluation.")
 
 
 def add_eval_flags(parser, mode):

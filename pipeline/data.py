@@ -7,7 +7,9 @@ Two kinds of training data:
 * Spatial scalability trains on (quarter, half, full) resolution triples
   stored in TFRecord files made by ``create_tfrecords.py``
   (``make_example`` / ``parse_example`` / ``check_tfrecords`` /
-  ``pyramid_dataset``).
+  ``pyramid_dataset``), or in the authors' TFRecords: the same three raw RGB
+  features of squares in 4:2:1 ratio (512/256/128 in their code) without the
+  height and width features; their side is inferred from the byte count.
 
 Iterator checkpointing: every dataset built here can be saved in a
 ``tf.train.Checkpoint`` (``tf.train.Checkpoint(data=iter(dataset))``), so an
@@ -23,6 +25,7 @@ uint8 until after batching to keep that small.
 """
 
 import glob
+import math
 import os
 import sys
 
@@ -31,6 +34,7 @@ import tensorflow as tf
 from PIL import Image
 
 from codec.image import pyramid_sizes
+from models.config import SettingsError
 
 __all__ = [
     "DataError",
@@ -44,7 +48,7 @@ __all__ = [
 ]
 
 
-class DataError(ValueError):
+class DataError(SettingsError, ValueError):
     """A problem with the training data; the message names it and the fix."""
 
 
@@ -52,9 +56,11 @@ class DataError(ValueError):
 _TF_FORMATS = {"JPEG", "MPO", "PNG", "GIF", "BMP"}
 
 # Feature names of the spatial training examples (names as in the authors'
-# code, including the spelling "quater").
-SPATIAL_FEATURES = ("img_raw_org", "img_raw_half", "img_raw_quater",
-                    "height", "width")
+# code, including the spelling "quater"): the three images, full resolution
+# first, then the full image's size (which the authors' files do not have).
+IMAGE_FEATURES = ("img_raw_org", "img_raw_half", "img_raw_quater")
+SIZE_FEATURES = ("height", "width")
+SPATIAL_FEATURES = IMAGE_FEATURES + SIZE_FEATURES
 
 _MAX_WARNINGS = 10
 
@@ -96,7 +102,7 @@ def training_images(pattern, patchsize):
     patchsize = int(patchsize)
     files = _expand(pattern)
     if not files:
-        raise DataError(f"--train_glob '{pattern}' matches no files")
+        raise DataError(f"train_glob '{pattern}' matches no files", ["train_glob"])
     usable, small, unreadable = [], [], []
     for path in files:
         try:
@@ -137,8 +143,8 @@ def training_images(pattern, patchsize):
         if small:
             raise DataError(
                 f"no training image is at least {patchsize}x{patchsize}: lower "
-                "--patchsize or add larger images")
-        raise DataError(f"--train_glob '{pattern}' matches no readable images")
+                "patchsize or add larger images", ["patchsize"])
+        raise DataError(f"train_glob '{pattern}' matches no readable images", ["train_glob"])
     summary = f"training on {len(usable)} images"
     if skipped:
         summary += f" ({skipped} skipped: {'; '.join(reasons)})"
@@ -251,20 +257,51 @@ def make_example(full, half, quarter):
     return example.SerializeToString()
 
 
+# Size features default to 0: an authors' example (no size features) is a
+# square whose side follows from the byte count of its full image.
 _FEATURE_SPEC = {
-    "img_raw_org": tf.io.FixedLenFeature([], tf.string),
-    "img_raw_half": tf.io.FixedLenFeature([], tf.string),
-    "img_raw_quater": tf.io.FixedLenFeature([], tf.string),
-    "height": tf.io.FixedLenFeature([], tf.int64),
-    "width": tf.io.FixedLenFeature([], tf.int64),
+    **{key: tf.io.FixedLenFeature([], tf.string) for key in IMAGE_FEATURES},
+    **{key: tf.io.FixedLenFeature([], tf.int64, default_value=0)
+       for key in SIZE_FEATURES},
 }
 
 
+def square_side(num_bytes):
+    """Side of the RGB square stored in `num_bytes` bytes, or None if none is."""
+    side = math.isqrt(num_bytes // 3)
+    return side if side > 0 and 3 * side * side == num_bytes else None
+
+
+def authors_square_side(byte_counts):
+    """Full-resolution side of an authors' example from the byte counts of its
+    img_raw_org, img_raw_half and img_raw_quater, or a reason why it is not one.
+
+    Returns (side, None) for RGB squares of sides s, s/2, s/4; else (None, why).
+    """
+    sides = [square_side(n) for n in byte_counts]
+    if None in sides:
+        return None, (f"the images hold {', '.join(map(str, byte_counts))} bytes: "
+                      "not RGB squares (3 x side x side bytes each)")
+    if sides != [sides[0], sides[0] // 2, sides[0] // 4] or sides[0] % 4:
+        return None, (f"the images are squares of {'/'.join(map(str, sides))} pixels, "
+                      "not full/half/quarter in 4:2:1 ratio")
+    return sides[0], None
+
+
 def parse_example(serialized):
-    """Parses a serialized spatial example into (quarter, half, full) uint8."""
+    """Parses a serialized spatial example into (quarter, half, full) uint8.
+
+    Reads both our examples (with height and width) and the authors' (raw RGB
+    squares only: the side is inferred from the full image's byte count).
+    """
     features = tf.io.parse_single_example(serialized, _FEATURE_SPEC)
+    full_bytes = tf.strings.length(features["img_raw_org"])
+    side = tf.cast(tf.round(tf.sqrt(tf.cast(full_bytes // 3, tf.float64))),
+                   tf.int32)
     height = tf.cast(features["height"], tf.int32)
     width = tf.cast(features["width"], tf.int32)
+    height = tf.where(height > 0, height, side)
+    width = tf.where(width > 0, width, side)
 
     def decode(key, div):
         h = (height + div - 1) // div
@@ -287,10 +324,11 @@ def _split_pattern(pattern):
             continue
         matches = _expand(part)
         if not matches:
-            raise DataError(f"--train_tfrecords '{part}' matches no files")
+            raise DataError(f"train_tfrecords '{part}' matches no files",
+                            ["train_tfrecords"])
         files.extend(matches)
     if not files:
-        raise DataError(f"--train_tfrecords '{pattern}' matches no files")
+        raise DataError(f"train_tfrecords '{pattern}' matches no files", ["train_tfrecords"])
     return list(dict.fromkeys(files))  # drop duplicates, keep order
 
 
@@ -339,28 +377,55 @@ def check_tfrecords(pattern, patchsize=None):
                             "are not tf.train.Example): make it with "
                             "create_tfrecords.py") from None
         feature = example.features.feature
-        for key in SPATIAL_FEATURES:
+        for key in IMAGE_FEATURES:
             if key not in feature:
                 raise DataError(f"'{name}' is not a spatial training TFRecord "
                                 f"(missing feature {key}): make it with "
                                 "create_tfrecords.py")
-        try:
-            height = int(feature["height"].int64_list.value[0])
-            width = int(feature["width"].int64_list.value[0])
-            sizes = pyramid_sizes(height, width, 3)
-            for key, (h, w) in zip(SPATIAL_FEATURES[2::-1], sizes):
-                if len(feature[key].bytes_list.value[0]) != h * w * 3:
-                    raise ValueError(key)
-        except (IndexError, ValueError):
-            raise DataError(f"'{name}' is not a spatial training TFRecord (image "
-                            "sizes do not match the stored height/width): make it "
-                            "with create_tfrecords.py") from None
+        if not any(key in feature for key in SIZE_FEATURES):
+            height = width = _authors_side(name, feature)
+        else:
+            height, width = _checked_size(name, feature)
         if patchsize is not None and (height < patchsize or width < patchsize):
             raise DataError(f"'{name}' holds {width}x{height} examples, smaller "
                             f"than the {patchsize}x{patchsize} training patch: "
-                            "lower --patchsize or recreate the TFRecords with "
-                            "larger patches")
+                            "lower patchsize or recreate the TFRecords with "
+                            "larger patches", ["patchsize"])
     return files
+
+
+def _image_bytes(feature, key):
+    values = feature[key].bytes_list.value
+    return len(values[0]) if len(values) == 1 else -1
+
+
+def _authors_side(name, feature):
+    """Side of an authors'-format first example (no size features); DataError
+    unless its three images are RGB squares in 4:2:1 ratio."""
+    counts = [_image_bytes(feature, key) for key in IMAGE_FEATURES]
+    side, why = authors_square_side(counts)
+    if side is None:
+        raise DataError(f"'{name}' has no height/width features, so it must hold "
+                        f"the authors' square examples, but {why}: make it with "
+                        "create_tfrecords.py")
+    return side
+
+
+def _checked_size(name, feature):
+    """(height, width) of one of our first examples, checked against the
+    byte counts of its three images."""
+    try:
+        height = int(feature["height"].int64_list.value[0])
+        width = int(feature["width"].int64_list.value[0])
+        sizes = pyramid_sizes(height, width, 3)
+        for key, (h, w) in zip(IMAGE_FEATURES[::-1], sizes):
+            if _image_bytes(feature, key) != h * w * 3:
+                raise ValueError(key)
+    except (IndexError, ValueError):
+        raise DataError(f"'{name}' is not a spatial training TFRecord (image "
+                        "sizes do not match the stored height/width): make it "
+                        "with create_tfrecords.py") from None
+    return height, width
 
 
 def _aligned_crop(quarter, half, full, seed, patchsize):
@@ -410,8 +475,8 @@ def pyramid_dataset(files, batchsize, patchsize=None, seed=None,
     if patchsize is not None:
         patchsize = int(patchsize)
         if patchsize <= 0 or patchsize % 4:
-            raise DataError(f"--patchsize {patchsize} must be a positive multiple of "
-                            "4 for spatial training")
+            raise DataError(f"patchsize {patchsize} must be a positive multiple of "
+                            "4 for spatial training", ["patchsize"])
     names = tf.data.Dataset.from_tensor_slices(files)
     names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     names = names.repeat()

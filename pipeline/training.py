@@ -17,13 +17,14 @@ import time
 import tensorflow as tf
 
 from pipeline.checkpoints import latest_checkpoint
-from models.config import CONFIG_NAME, ConfigError, ModelConfig
+from pipeline.metrics import psnr_from_mse
+from models.config import CONFIG_NAME, ConfigError, ModelConfig, SettingsError
 from models.factory import build_model
 
 MAX_CHECKPOINTS = 3
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SettingsError, RuntimeError):
     """Training cannot go on (the message says why and what to do)."""
 
 
@@ -51,11 +52,11 @@ def check_checkpoint_dir(directory, config):
             differences = [f"{name}: saved {getattr(saved, name)}, asked {getattr(config, name)}"
                            for name in vars(config) if getattr(saved, name) != getattr(config, name)]
             raise ConfigError(f"'{directory}' already holds a different model "
-                              f"({'; '.join(differences)}): use a new --checkpoint_dir or the "
-                              "flags it was trained with")
+                              f"({'; '.join(differences)}): use a new checkpoint_dir or the "
+                              "settings it was trained with", ["checkpoint_dir"])
     elif latest_checkpoint(directory):
         raise ConfigError(f"'{directory}' holds checkpoints but no {CONFIG_NAME}: "
-                          "use a new --checkpoint_dir")
+                          "use a new checkpoint_dir", ["checkpoint_dir"])
 
 
 class _SignalFlag:
@@ -137,11 +138,12 @@ def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             raise TrainingError(f"cannot resume from '{manager.latest_checkpoint}' "
-                                f"({type(error).__name__}): use a new --checkpoint_dir") from None
+                                f"({type(error).__name__}): use a new checkpoint_dir",
+                                ["checkpoint_dir"]) from None
         print(f"resuming from step {int(optimizer.iterations)}", flush=True)
     step = int(optimizer.iterations)
     if step >= last_step:
-        print(f"already trained to step {step} (--last_step {last_step}): nothing to do")
+        print(f"already trained to step {step} (last_step {last_step}): nothing to do")
         return step
     # Unreadable data (that header checks missed) fail here, before anything is written.
     pending = _next_batch(iterator, step, manager, first=True)
@@ -171,6 +173,8 @@ def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
             if step % log_every == 0 or step == last_step or stop.received:
                 seconds = (time.monotonic() - window_start) / window_steps
                 values = {k: float(v) for k, v in metrics.items()}
+                values.update({f"psnr_{name}": psnr_from_mse(values[f"mse_{name}"])
+                               for name in config.layer_names})
                 for name, value in values.items():
                     tf.summary.scalar(name, value, step=step)
                 tf.summary.scalar("seconds_per_step", seconds, step=step)

@@ -1,88 +1,30 @@
-"""Shared pytest setup: quiet TensorFlow, make the repo importable."""
+"""Shared pytest fixtures; the helpers they use are in tests/helpers.py.
+
+Tiny trained checkpoints, shared by tests/test_models.py, test_cli.py and test_robustness.py:
+training even a toy model costs a process start and a traced training step (tens of seconds
+on 2 CPU cores), so one quality and one spatial checkpoint are trained ONCE per session with
+the real train_*.py scripts. They start in the background when the first test runs (never
+during collection: `pytest --collect-only` trains nothing) if any selected test uses the
+`tiny_checkpoints` fixture, so they overlap with the in-process tests that run first; the
+fixture waits for them.
+
+  quality: 2 layers, filters 8,8, hyperprior (the default); trained in two runs, the
+           second resuming (its output is kept for test_cli.py's resume test).
+  spatial: 3 layers (1/4, 1/2, full), filters 4,4,4, factorized entropy model.
+"""
 import os
-import sys
+import shutil
+import tempfile
+import threading
+import types
+
+import pytest
+
+from helpers import (TINY_QUALITY_FLAGS, TINY_QUALITY_STEPS, TINY_SPATIAL_FLAGS,
+                     TINY_SPATIAL_STEPS, describe, finish, smooth_image, start_script)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-
-# --- Tiny trained checkpoints, shared by tests/test_models.py and tests/test_cli.py -----------
-#
-# Training even a toy model costs a process start and a traced training step (tens of
-# seconds on 2 CPU cores), so one quality and one spatial checkpoint are trained ONCE per
-# session with the real train_*.py scripts. The scripts start in the background as soon as
-# collection finds a test that uses the `tiny_checkpoints` fixture (so they overlap with the
-# in-process tests that run first); the fixture waits for them.
-#
-#   quality: 2 layers, filters 8,8, hyperprior (the default); trained in two runs, the
-#            second resuming (its output is kept for test_cli.py's resume test).
-#   spatial: 3 layers (1/4, 1/2, full), filters 4,4,4, factorized entropy model.
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import types  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-TINY_QUALITY_FLAGS = ["--filters", "8,8", "--lmbdas", "250,50", "--patchsize", "64",
-                      "--batchsize", "4", "--learning_rate", "1e-3"]
-TINY_QUALITY_STEPS = (150, 160)  # first run, then the resumed run
-TINY_SPATIAL_FLAGS = ["--filters", "4,4,4", "--lmbdas", "400,300,200", "--patchsize", "64",
-                      "--batchsize", "2", "--learning_rate", "3e-3",
-                      "--entropy_model", "factorized"]
-TINY_SPATIAL_STEPS = 50  # logged every step: test_models.py checks the loss decreases
 _TRAIN_TIMEOUT = 900
-
-
-def smooth_image(height, width, seed=0):
-    """A photo-like uint8 HxWx3 image: a few smooth colour waves plus mild noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    image = np.empty((height, width, 3))
-    image[:] = rng.uniform(0.3, 0.7, 3)
-    for _ in range(5):
-        fy, fx = rng.uniform(-1, 1, 2) * 2 * np.pi / rng.uniform(40, 160)
-        phase = rng.uniform(0, 2 * np.pi)
-        image += rng.uniform(0.03, 0.12, 3) * np.sin(fy * yy + fx * xx + phase)[..., None]
-    image += rng.normal(0, 1.5 / 255, image.shape)
-    return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
-
-
-def _script_env():
-    # As in a user's shell: the scripts choose TensorFlow's log level themselves (this file
-    # sets TF_CPP_MIN_LOG_LEVEL=2 for the test process, which would let TF's start-up
-    # noise into the scripts' stderr).
-    env = dict(os.environ)
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    return env
-
-
-def start_script(script, *args):
-    """Popen of a repo CLI script (stdout+stderr captured as text); pair with finish()."""
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_script_env())
-
-
-def finish(process, timeout=600):
-    """Wait for a start_script() process; a CompletedProcess."""
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        stdout, stderr = process.communicate()
-        raise AssertionError(f"{process.args} timed out:\n{stdout[-2000:]}\n{stderr[-2000:]}")
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-def describe(result):
-    """The end of a finished process's output, for assertion messages."""
-    return (f"{' '.join(map(str, result.args))}\nexit {result.returncode}\n"
-            f"--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n{result.stderr[-3000:]}")
 
 
 class _TinyCheckpoints:
@@ -184,43 +126,24 @@ class _TinyCheckpoints:
 _tiny = None
 
 
-def pytest_collection_finish(session):
-    """Start training the tiny checkpoints early when a collected test needs them."""
+@pytest.fixture(scope="session", autouse=True)
+def _start_tiny_checkpoints_early(request):
+    """When the first test runs: start training the tiny checkpoints if a selected test
+    needs them; stop and remove them at the end of the session."""
     global _tiny
-    if any("tiny_checkpoints" in getattr(item, "fixturenames", ()) for item in session.items):
-        _tiny = _TinyCheckpoints()
+    if any("tiny_checkpoints" in getattr(item, "fixturenames", ())
+           for item in request.session.items):
+        _tiny = _tiny or _TinyCheckpoints()
         _tiny.start()
-
-
-def pytest_sessionfinish(session, exitstatus):
+    yield
     if _tiny is not None:
         _tiny.close()
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints():
-    """Paths of the tiny trained checkpoints (see the comment above _TinyCheckpoints)."""
+    """Paths of the tiny trained checkpoints (see the module docstring)."""
     global _tiny
     if _tiny is None:
         _tiny = _TinyCheckpoints()
     return _tiny.wait()
-
-
-def run_script_in_process(script, args):
-    """Run `python script args` in this process (its __main__ block); (code, stdout, stderr)."""
-    import contextlib
-    import io
-    import runpy
-    from absl import app
-    app._register_and_parse_flags_with_usage.done = False  # absl allows one parse per process
-    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
-    sys.argv = [script] + [str(a) for a in args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()

@@ -1,11 +1,13 @@
-"""Fast tests of bench/rd.py's aggregation code on synthetic per-image results (no training,
-no TensorFlow model), and of bench/speed.py's pure helpers."""
+"""Fast tests of bench.rd's points, report and flags on synthetic per-image results (no
+training, no TensorFlow model), and of bench/speed.py's pure helpers."""
 import json
 import os
 
 import pytest
 
-from bench import rd, results_io
+from bench import bd, results_io
+from bench.anchors import average_points
+from bench.rd import cli, points, report
 
 
 def _image(name, layers, spatial=False):
@@ -34,47 +36,47 @@ def _single(k, per_image):
 def test_layer_points_and_average():
     doc = _results([_image("a", [(0.1, 4915, 28.0, 0.90), (0.3, 9830, 31.0, 0.95)]),
                     _image("b", [(0.2, 9830, 30.0, 0.92), (0.5, 9830, 33.0, None)])])
-    pts = rd.layer_points(doc)
+    pts = points.layer_points(doc)
     assert [p["layer"] for p in pts[0]] == [1, 2]
-    avg = rd.average(pts)
+    avg = average_points(pts)
     assert avg[0]["bpp"] == pytest.approx(0.15)
     assert avg[0]["psnr"] == pytest.approx(29.0)
     assert avg[0]["ms_ssim"] == pytest.approx(0.91)
     assert avg[1]["ms_ssim"] is None  # one image without MS-SSIM -> no mean
     assert avg[1]["layer"] == 2
     with pytest.raises(ValueError):
-        rd.average([pts[0], pts[1][:1]])
+        average_points([pts[0], pts[1][:1]])
 
 
 def test_simulcast_sums_single_layer_rates():
     singles = [_single(1, {"a": (1000, 28.0, 0.9), "b": (2000, 27.0, 0.8)}),
                _single(2, {"b": (3000, 31.0, 0.9), "a": (2000, 30.0, 0.95)}),
                _single(3, {"a": (4000, 33.0, 0.97), "b": (5000, 33.5, 0.96)})]
-    sp = rd.single_layer_points(singles)
+    sp = points.single_layer_points(singles)
     assert [p["bytes"] for p in sp[0]] == [1000, 2000, 4000]  # matched by image name
-    sim = rd.simulcast_points(sp)
+    sim = points.simulcast_points(sp)
     assert [p["bytes"] for p in sim[0]] == [1000, 3000, 7000]
     assert [p["bytes"] for p in sim[1]] == [2000, 5000, 10000]
     assert sim[0][2]["bpp"] == pytest.approx(7000 * 8 / PIX)
     assert sim[1][1]["psnr"] == 31.0  # quality of single model 2
-    avg = rd.average(sim)
+    avg = average_points(sim)
     assert avg[2]["bpp"] == pytest.approx(8500 * 8 / PIX)
     with pytest.raises(ValueError):
-        rd.single_layer_points([singles[0], _single(2, {"a": (1, 1.0, 0.5)})])
+        points.single_layer_points([singles[0], _single(2, {"a": (1, 1.0, 0.5)})])
 
 
 def test_point_vs_curve():
     anchor = {"bpp": [0.25, 0.5, 1.0, 2.0], "psnr": [28.0, 30.0, 32.0, 34.0]}
     # same quality as the anchor at 0.5 bpp with 0.4 bpp: 20 % fewer bits
-    cmp = rd.point_vs_curve({"bpp": 0.4, "psnr": 30.0}, anchor)
+    cmp = bd.point_vs_curve({"bpp": 0.4, "psnr": 30.0}, anchor)
     assert cmp["rate_diff"] == pytest.approx(-20.0)
     assert cmp["metric_diff"] > 0
     # exactly on the curve
-    cmp = rd.point_vs_curve({"bpp": 1.0, "psnr": 32.0}, anchor)
+    cmp = bd.point_vs_curve({"bpp": 1.0, "psnr": 32.0}, anchor)
     assert cmp["rate_diff"] == pytest.approx(0.0, abs=1e-9)
     assert cmp["metric_diff"] == pytest.approx(0.0, abs=1e-9)
     # outside the anchor's range
-    cmp = rd.point_vs_curve({"bpp": 0.1, "psnr": 40.0}, anchor)
+    cmp = bd.point_vs_curve({"bpp": 0.1, "psnr": 40.0}, anchor)
     assert cmp == {"rate_diff": None, "metric_diff": None}
 
 
@@ -106,7 +108,7 @@ def test_aggregate_writes_schema_json_plots_and_bd_table(tmp_path):
     config = dict(filters=[8, 8, 8, 8], lmbdas=[250, 100, 50, 25], steps=3, patchsize=64,
                   batchsize=2, entropy_model="hyperprior", spatial_filters=[8, 8, 8],
                   spatial_lmbdas=[400, 300, 200], spatial_steps=3)
-    made = rd.aggregate(out, docs.get, 4, 3, config)
+    made = report.aggregate(out, docs.get, 4, 3, config)
     for stem in ("quality_scalable", "single_layer", "simulcast", "spatial_scalable",
                  "single_layer_level3"):
         assert stem in made
@@ -124,11 +126,11 @@ def test_aggregate_writes_schema_json_plots_and_bd_table(tmp_path):
     assert "akima" in table
     assert "Ours-simulcast" in table and "Ours-single-layer" in table
     # scalable costs bits against the single-layer models: positive BD-rate
-    rows = rd.bd_rows("Ours-single-layer", {d["name"]: d for d in made.values()},
+    rows = report.bd_rows("Ours-single-layer", {d["name"]: d for d in made.values()},
                       ["Ours-scalable"])
     assert rows[0]["bd_rate"] > 0
     # ... and saves bits against simulcast at the upper layers: BD-rate against simulcast
-    rows = rd.bd_rows("Ours-simulcast", {d["name"]: d for d in made.values()}, ["Ours-scalable"])
+    rows = report.bd_rows("Ours-simulcast", {d["name"]: d for d in made.values()}, ["Ours-scalable"])
     assert rows[0]["bd_rate"] < 0
     assert "Spatial" in table
     json.dumps(made)  # JSON-serialisable
@@ -137,22 +139,22 @@ def test_aggregate_writes_schema_json_plots_and_bd_table(tmp_path):
 def test_aggregate_with_partial_results(tmp_path):
     docs = _curves_for_aggregate(tmp_path)
     only = {"quality": docs["quality"]}
-    made = rd.aggregate(str(tmp_path), only.get, 4, 3, {})
+    made = report.aggregate(str(tmp_path), only.get, 4, 3, {})
     assert sorted(made) == ["quality_scalable"]
     assert os.path.exists(tmp_path / "bd_table.md")
 
 
 def test_main_skips_without_data(tmp_path, capsys):
-    assert rd.main(["--train_dir", str(tmp_path / "nope"), "--kodak", str(tmp_path / "nope"),
+    assert cli.main(["--train_dir", str(tmp_path / "nope"), "--kodak", str(tmp_path / "nope"),
                     "--out", str(tmp_path / "out"), "--work_dir", str(tmp_path / "w")]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert not os.path.exists(tmp_path / "out")
 
 
 def test_parse_args_profiles():
-    a = rd.parse_args(["--profile", "gpu"])
+    a = cli.parse_args(["--profile", "gpu"])
     assert a.filters == [96, 120, 144, 196] and a.patchsize == 256 and a.steps == 20000
-    a = rd.parse_args(["--profile", "cpu", "--steps", "7", "--filters", "8,8", "--lmbdas", "1,2"])
+    a = cli.parse_args(["--profile", "cpu", "--steps", "7", "--filters", "8,8", "--lmbdas", "1,2"])
     assert a.steps == 7 and a.single_steps == 7 and a.filters == [8, 8]
 
 
@@ -216,15 +218,32 @@ def test_speed_table_format():
 
 def test_point_vs_non_monotonic_anchor_is_not_interpolated():
     anchor = {"bpp": [0.25, 0.5, 1.0, 2.0], "psnr": [28.0, 31.0, 30.0, 34.0]}
-    assert rd.point_vs_curve({"bpp": 0.7, "psnr": 30.5}, anchor) == {"rate_diff": None,
+    assert bd.point_vs_curve({"bpp": 0.7, "psnr": 30.5}, anchor) == {"rate_diff": None,
                                                                       "metric_diff": None}
 
 
 def test_interpolation_against_an_anchor_curve():
     bpp, psnr = [0.1, 0.2, 0.4], [25.0, 28.0, 31.0]
-    assert rd.interp_log_rate(bpp, psnr, 28.0) == pytest.approx(0.2)
-    assert rd.interp_metric(bpp, psnr, 0.2) == pytest.approx(28.0)
-    assert rd.interp_metric(bpp, psnr, 0.1 * 2 ** 0.5) == pytest.approx(26.5)  # linear in log rate
-    assert rd.interp_log_rate(bpp, psnr, 32.0) is None  # outside the curve
-    assert rd.interp_metric(bpp, psnr, 0.05) is None
-    assert rd.interp_metric(bpp, [25.0, 24.0, 31.0], 0.2) is None  # not an RD curve
+    assert bd.interp_log_rate(bpp, psnr, 28.0) == pytest.approx(0.2)
+    assert bd.interp_metric(bpp, psnr, 0.2) == pytest.approx(28.0)
+    assert bd.interp_metric(bpp, psnr, 0.1 * 2 ** 0.5) == pytest.approx(26.5)  # linear in log rate
+    assert bd.interp_log_rate(bpp, psnr, 32.0) is None  # outside the curve
+    assert bd.interp_metric(bpp, psnr, 0.05) is None
+    assert bd.interp_metric(bpp, [25.0, 24.0, 31.0], 0.2) is None  # not an RD curve
+
+
+def test_default_paths_stay_inside_the_repository():
+    args = cli.parse_args([])
+    for path in (args.train_dir, args.kodak, args.work_dir, os.path.abspath(args.out)):
+        assert os.path.abspath(path).startswith(cli.REPO + os.sep), path
+
+
+def test_python_m_bench_rd_runs_without_path_edits(tmp_path):
+    import subprocess
+    import sys
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.rd", "--train_dir", str(tmp_path / "none"),
+         "--kodak", str(tmp_path / "none"), "--out", str(tmp_path / "out")],
+        cwd=cli.REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to do" in result.stdout

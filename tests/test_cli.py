@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import describe, finish, smooth_image, start_script
+from helpers import describe, finish, smooth_image, start_script
 
 SCRIPTS = ["train_quality.py", "train_spatial.py", "eval_quality.py", "eval_spatial.py",
            "create_tfrecords.py"]
 IMAGES = {"big": (333, 517), "dot": (1, 1)}
-LAYER_FIELDS = {"name", "eval_bpp", "actual_bpp", "bytes", "psnr", "ms_ssim"}
-SPATIAL_FIELDS = LAYER_FIELDS | {"height", "width", "layer_bpp"}
+LAYER_FIELDS = {"name", "eval_bpp", "actual_bpp", "bytes", "layer_bpp", "psnr", "ms_ssim"}
+SPATIAL_FIELDS = LAYER_FIELDS | {"height", "width", "summed_eval_bpp"}
 
 
 def _read_png(path):
@@ -146,6 +146,7 @@ def test_eval_quality_folder_writes_streams_pngs_and_results(evals, inputs):
                         for l in entry["layers"][:k + 1])
             pixels = entry["height"] * entry["width"]
             assert layer["actual_bpp"] == pytest.approx(8 * total / pixels)
+            assert layer["layer_bpp"] == pytest.approx(8 * size / pixels)  # the authors' actual_bpp
             assert layer["eval_bpp"] > 0
             if name == "big":
                 assert layer["psnr"] > 10 and 0 < layer["ms_ssim"] <= 1
@@ -201,9 +202,19 @@ def test_eval_spatial_round_trips_odd_sizes_exactly(evals):
             stream_bytes = os.path.getsize(spatial / name / f"stream_{layer['name']}.tfci")
             assert layer["bytes"] == stream_bytes
             assert layer["layer_bpp"] == pytest.approx(8 * stream_bytes / (size[0] * size[1]))
+        # The authors' spatial eval_bpp: each layer's estimate over its own pixels, summed.
+        own = [layer["eval_bpp"] if k == 0 else
+               layer["eval_bpp"] - entry["layers"][k - 1]["eval_bpp"] * (
+                   entry["layers"][k - 1]["height"] * entry["layers"][k - 1]["width"]) / (
+                   layer["height"] * layer["width"])
+               for k, layer in enumerate(entry["layers"])]
+        for k, layer in enumerate(entry["layers"]):
+            assert layer["summed_eval_bpp"] == pytest.approx(sum(own[:k + 1]))
+        if entry["layers"][0]["height"] < height:  # lower layers have fewer pixels (not 1x1)
+            assert entry["layers"][-1]["summed_eval_bpp"] > entry["layers"][-1]["eval_bpp"]
     # Averages hold the rates and quality; sizes differ between images and are left out.
     assert [set(layer) for layer in summary["average"]["layers"]] == [
-        LAYER_FIELDS | {"layer_bpp"}] * 3
+        LAYER_FIELDS | {"summed_eval_bpp"}] * 3
 
 
 @pytest.mark.parametrize("key, layers", [("full", ("B", "e1")), ("top_only", ("e1",))],
@@ -248,3 +259,29 @@ def test_help_of_every_script(helps):
         result = finish(process)
         assert result.returncode == 0, describe(result)
         assert "usage:" in result.stdout and "--" in result.stdout, script
+
+
+def test_library_errors_name_fields_and_the_cli_shows_flags():
+    from codec.bitstream import BitstreamError
+    from models.config import ConfigError
+    from pipeline.cli import error_message
+    error = ConfigError("num_layers 3 is out of range for 'num_layers/x'; num_layersx stays",
+                        ["num_layers"])
+    assert str(error).startswith("num_layers 3 is out of range")
+    assert error_message(error) == ("--num_layers 3 is out of range for 'num_layers/x'; "
+                                    "num_layersx stays")
+    assert error_message(BitstreamError("plain")) == "plain"
+    assert error_message(ValueError("num_layers")) == "num_layers"
+
+
+@pytest.mark.parametrize("resample", ["lanczos", "bilinear"])
+def test_eval_spatial_resample_flag_picks_the_pyramid_filter(tmp_path, resample):
+    import eval_spatial
+    from codec.image import pyramid
+    path = tmp_path / "photo.png"
+    image = smooth_image(40, 56, seed=2)
+    Image.fromarray(image).save(path)
+    args = eval_spatial.parse_args(["eval_spatial.py", "--resample", resample])
+    levels = eval_spatial.level_reader(args, 3)(str(path))
+    for level, expected in zip(levels, pyramid(image, 3, resample)):
+        np.testing.assert_array_equal(level, expected)

@@ -185,3 +185,24 @@ def test_cli_end_to_end(tmp_path):
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --input_image"), failed.stderr
     assert not (tmp_path / "bad.tfrecords").exists()
+
+
+@pytest.mark.parametrize("resample", ["lanczos", "bicubic", "bilinear"])
+def test_resample_filter_makes_the_half_and_quarter(tmp_path, resample):
+    image = _save(str(tmp_path / "in" / "photo.png"), _image(32, 32, 7))
+    out = tmp_path / f"{resample}.tfrecords"
+    _run(f"--train_tfrecords={out}", f"--input_image={tmp_path / 'in'}", "--patchsize=32",
+         f"--resample={resample}")
+    [(q, h, f)] = _read([str(out)])
+    np.testing.assert_array_equal(h, downsample(image, (16, 16), resample))
+    np.testing.assert_array_equal(q, downsample(image, (8, 8), resample))
+    others = [name for name in ("lanczos", "bicubic", "bilinear") if name != resample]
+    assert all(not np.array_equal(h, downsample(image, (16, 16), name)) for name in others)
+
+
+def test_default_resample_is_lanczos():
+    args = create_tfrecords.parse_args(["create_tfrecords.py", "--train_tfrecords=x"])
+    assert args.resample == "lanczos"
+    with pytest.raises(SystemExit):
+        create_tfrecords.parse_args(["create_tfrecords.py", "--train_tfrecords=x",
+                                     "--resample=nearest"])

@@ -194,3 +194,62 @@ def test_pyramid_dataset_whole_examples(tmp_path):
     fulls = [t[0] for t in triples]
     for image in np.round(f.numpy() * 255).astype(np.uint8):
         assert any(np.array_equal(image, full) for full in fulls)
+
+
+# ----------------------------------------------------------------------------
+# The authors' TFRecords: raw RGB squares, no size features
+
+
+def _authors_example(full, half, quarter):
+    """A record as the authors' create_tfrecords.py writes it: the three images'
+    raw bytes under their feature names, nothing else."""
+    def raw(image):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()]))
+    return tf.train.Example(features=tf.train.Features(feature={
+        "img_raw_org": raw(full), "img_raw_half": raw(half),
+        "img_raw_quater": raw(quarter)})).SerializeToString()
+
+
+def _authors_squares(side, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (s, s, 3), dtype=np.uint8)
+            for s in (side, side // 2, side // 4)]
+
+
+def test_authors_tfrecords_of_512_256_128_squares_are_read(tmp_path):
+    full, half, quarter = _authors_squares(512)
+    path = _write(tmp_path / "authors.tfrecords", [_authors_example(full, half, quarter)])
+    assert data.check_tfrecords(path, patchsize=512) == [path]
+    q, h, f = next(iter(tf.data.TFRecordDataset(path).map(data.parse_example)))
+    np.testing.assert_array_equal(f.numpy(), full)
+    np.testing.assert_array_equal(h.numpy(), half)
+    np.testing.assert_array_equal(q.numpy(), quarter)
+    batch = next(iter(data.pyramid_dataset([path], 1, patchsize=256, seed=0)))
+    assert [tuple(b.shape) for b in batch] == [(1, 64, 64, 3), (1, 128, 128, 3),
+                                               (1, 256, 256, 3)]
+
+
+@pytest.mark.parametrize("sides, problem", [
+    ((64, 64, 16), "not full/half/quarter in 4:2:1 ratio"),
+    ((64, 16, 16), "not full/half/quarter in 4:2:1 ratio"),
+    ((6, 3, 1), "not full/half/quarter in 4:2:1 ratio"),  # 6 is not a multiple of 4
+])
+def test_authors_tfrecords_out_of_ratio_are_refused(tmp_path, sides, problem):
+    images = [np.zeros((s, s, 3), np.uint8) for s in sides]
+    path = _write(tmp_path / "bad.tfrecords", [_authors_example(*images)])
+    with pytest.raises(DataError, match=problem) as info:
+        data.check_tfrecords(path)
+    assert "'bad.tfrecords' has no height/width features" in str(info.value)
+
+
+def test_authors_tfrecords_that_are_not_squares_are_refused(tmp_path):
+    images = [np.zeros((h, 2 * h, 3), np.uint8) for h in (32, 16, 8)]
+    path = _write(tmp_path / "wide.tfrecords", [_authors_example(*images)])
+    with pytest.raises(DataError, match="6144, 1536, 384 bytes: not RGB squares"):
+        data.check_tfrecords(path)
+
+
+def test_authors_square_side():
+    assert data.authors_square_side([3 * 512 ** 2, 3 * 256 ** 2, 3 * 128 ** 2]) == (512, None)
+    assert data.authors_square_side([3 * 512 ** 2, 3 * 256 ** 2, 3 * 127 ** 2])[0] is None
+    assert data.authors_square_side([0, 0, 0])[0] is None

@@ -14,7 +14,7 @@ from models.config import ModelConfig
 from models.entropy import EntropyModel, register, unregister
 from models.factory import build_model
 
-from conftest import smooth_image
+from helpers import smooth_image
 
 NAME = "raw_int8_test_double"
 

@@ -269,3 +269,15 @@ def test_downsample_keeps_flat_colour():
     flat = np.full((33, 51, 3), (7, 128, 250), np.uint8)
     np.testing.assert_array_equal(image_lib.downsample(flat, (17, 26)),
                                   np.full((17, 26, 3), (7, 128, 250), np.uint8))
+
+
+def test_downsample_filters_differ_and_unknown_is_refused():
+    image = RNG.integers(0, 256, size=(32, 48, 3), dtype=np.uint8)
+    levels = {name: image_lib.downsample(image, (16, 24), name)
+              for name in image_lib.RESAMPLE_FILTERS}
+    assert image_lib.DEFAULT_RESAMPLE == "lanczos"
+    np.testing.assert_array_equal(image_lib.downsample(image, (16, 24)), levels["lanczos"])
+    assert not np.array_equal(levels["lanczos"], levels["bilinear"])
+    assert not np.array_equal(levels["bicubic"], levels["bilinear"])
+    with pytest.raises(ValueError, match="unknown resampling filter 'nearest'"):
+        image_lib.downsample(image, (16, 24), "nearest")

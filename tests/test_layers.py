@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 
 from models.layers import (AnalysisTransform, PredictionTransform, SynthesisTransform,
-                           UpTransform, crop_to, pad_to_multiple, set_kernels_frozen)
+                           UpTransform, crop_to, set_kernels_frozen, zero_pad_to_multiple)
 
 
 def _random(shape, seed=0):
@@ -155,14 +155,14 @@ def test_prediction_skip_structure(variant):
     assert not np.allclose(out.numpy(), no_skips.numpy(), atol=1e-3)
 
 
-def test_pad_to_multiple_and_crop_to():
+def test_zero_pad_to_multiple_and_crop_to():
     tensor = _random((1, 5, 7, 2))
-    padded = pad_to_multiple(tensor, 4)
+    padded = zero_pad_to_multiple(tensor, 4)
     assert padded.shape == (1, 8, 8, 2)
     np.testing.assert_array_equal(padded[:, :5, :7].numpy(), tensor.numpy())
     assert not np.any(padded[:, 5:].numpy()) and not np.any(padded[:, :, 7:].numpy())
     np.testing.assert_array_equal(crop_to(padded, tensor).numpy(), tensor.numpy())
-    assert pad_to_multiple(tensor, 1).shape == tensor.shape
+    assert zero_pad_to_multiple(tensor, 1).shape == tensor.shape
 
 
 def test_frozen_kernels_give_the_same_output_and_thaw_for_training():

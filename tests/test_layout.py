@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 # A package may import itself and the ones after it in this list, never the ones before.
 LAYERS = ["bench", "pipeline", "codec", "models"]

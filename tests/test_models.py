@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_SPATIAL_STEPS, smooth_image
+from helpers import TINY_SPATIAL_STEPS, smooth_image
 from codec import bitstream
 from pipeline.checkpoints import load_trained_model
 from models.config import ModelConfig
@@ -364,3 +364,22 @@ def test_spatial_training_decreases_loss(tiny_checkpoints):
                                              tiny_checkpoints.spatial_output, re.M)]
     assert len(losses) == TINY_SPATIAL_STEPS, tiny_checkpoints.spatial_output
     _assert_decreases(losses, window=10)  # random crops: a noisier loss than a fixed batch
+
+
+def test_coding_functions_are_traced_once_across_image_sizes(tmp_path):
+    model = build_model(tiny_config("quality", "factorized", filters=(4, 4)))
+    model.prepare_coding()
+    assert model.coding_trace_counts() == dict(functions=0, traces=0)
+    for k, (height, width) in enumerate([(64, 64), (32, 80), (48, 16)]):
+        folder = str(tmp_path / f"streams{k}")
+        Codec(model).encode([smooth_image(height, width, seed=k)] * 2, folder)
+        Codec(model).decode(folder)
+    counts = model.coding_trace_counts()
+    assert counts["functions"] == 4  # encoder and decoder of each layer, with synthesis
+    assert counts["traces"] == counts["functions"]
+
+
+def test_predict_latent_crops_to_the_latent_shape():
+    model = build_model(tiny_config("quality", "factorized", filters=(4, 4)))
+    context = tf.zeros((1, 5, 7, 4))
+    assert model.predict_latent(1, context, (5, 7)).shape == (1, 5, 7, 4)

@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import run_script_in_process
+from helpers import run_script_in_process
 from pipeline import cli
 from models.config import ModelConfig
 from codec.streams import Codec

@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import run_script_in_process
+from helpers import run_script_in_process
 from pipeline import data, training
 from pipeline.checkpoints import orphan_checkpoints
 from pipeline.locking import LOCK_NAME
@@ -462,3 +462,23 @@ def test_sigkill_mid_save_and_at_random_then_sigint_resume_cleanly(images, tmp_p
     assert f"resuming from step {interrupted_at}\n" in capsys.readouterr().out
     assert final == interrupted_at + 1 == latest_step(directory)
     print(f"first SIGKILL landed during: {caught}")
+
+
+def test_train_spatial_trains_on_the_authors_tfrecords(tmp_path, capsys):
+    """TFRecords written the authors' way (raw RGB squares, no size features) train."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "authors.tfrecords"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for _ in range(2):
+            images = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in (64, 32, 16)]
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()]))
+                for key, image in zip(("img_raw_org", "img_raw_half", "img_raw_quater"),
+                                      images)})).SerializeToString())
+    directory = tmp_path / "ckpt"
+    code, out, err = run_script("train_spatial.py", [
+        "--train_tfrecords", path, "--checkpoint_dir", directory, "--filters", "4,4,4",
+        "--lmbdas", "1,1,1", "--patchsize", 64, "--batchsize", 1, "--last_step", 2,
+        "--entropy_model", "factorized"], capsys)
+    assert code == 0, err
+    assert latest_step(str(directory)) == 2
