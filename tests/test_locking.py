@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import run_script_in_process
+from helpers import run_script_in_process
 from codec.streams import Codec, stream_folders
 from models.config import ModelConfig
 from models.factory import build_model

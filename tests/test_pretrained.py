@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, describe, finish, smooth_image, start_script
+from helpers import ROOT, describe, finish, smooth_image, start_script
 from models.config import ModelConfig
 from pipeline import checkpoints, pretrained
 
