@@ -16,7 +16,7 @@ import tensorflow as tf
 from models.config import DOWNSAMPLING
 from models.entropy import make_entropy_model
 from models.layers import (AnalysisTransform, PredictionTransform, SynthesisTransform, crop_to,
-                           set_kernels_frozen)
+                           set_conv_precision, set_kernels_frozen)
 
 # Images are padded to this multiple before coding.
 PAD_MULTIPLE = DOWNSAMPLING
@@ -49,6 +49,9 @@ class ScalableModel(tf.keras.Model):
                         for n, f in zip(names, filters)]
         # Traced coding functions, one per layer; a plain namespace so Keras does not track it.
         self._coding = types.SimpleNamespace(encoders={}, decoders={}, ready=False)
+        # Dtype of the convolution ops in train_step (layers.PRECISIONS); weights stay float32
+        # and coding always runs in float32.
+        self.training_precision = "float32"
 
     # --- what the two modes supply ---------------------------------------------------------
     def levels(self, inputs):
@@ -121,9 +124,14 @@ class ScalableModel(tf.keras.Model):
         # prepared again afterwards.
         set_kernels_frozen(self, False)
         self._coding.ready = False
-        with tf.GradientTape() as tape:
-            outputs = self(inputs, training=True)
-            loss, metrics = self.loss_terms(inputs, outputs)
+        # The precision applies while this step is traced (or run eagerly) only.
+        set_conv_precision(self, self.training_precision)
+        try:
+            with tf.GradientTape() as tape:
+                outputs = self(inputs, training=True)
+                loss, metrics = self.loss_terms(inputs, outputs)
+        finally:
+            set_conv_precision(self, "float32")
         variables = self.trainable_variables
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))

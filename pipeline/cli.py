@@ -110,7 +110,23 @@ def run(main, parse_args, errors):
 def add_training_flags(parser):
     """Flags common to both train scripts."""
     parser.add_argument("--last_step", type=int, default=20000, help="Train up to this step.")
-    parser.add_argument("--learning_rate", type=float, default=1e-4, help="Adam learning rate.")
+    parser.add_argument("--learning_rate", type=float, default=1e-4,
+                        help="Adam learning rate (before any decay). On resume, the rate and "
+                             "schedule of the rerun's flags apply.")
+    parser.add_argument("--lr_schedule", choices=("constant", "decay"), default="constant",
+                        help="constant: the paper's fixed rate. decay: multiply the rate by "
+                             "--decay_factor from --decay_start_fraction of --last_step on "
+                             "(a function of the global step, so a resume continues it).")
+    parser.add_argument("--decay_start_fraction", type=float, default=0.85,
+                        help="With --lr_schedule decay: where the decay starts, as a fraction "
+                             "of --last_step.")
+    parser.add_argument("--decay_factor", type=float, default=0.1,
+                        help="With --lr_schedule decay: the rate's factor after the decay.")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="Dtype of the training convolutions (weights, GDN, entropy models "
+                             "and loss stay float32; checkpoints are the same). bfloat16 pays "
+                             "only where the CPU has AMX-BF16 (or on a GPU); it is slower on "
+                             "CPUs without AMX (bench/train_speed.py measures it).")
     parser.add_argument("--preprocess_threads", type=int, default=16,
                         help="Parallel image decoding calls.")
     parser.add_argument("--checkpoint_secs", type=float, default=300,
@@ -142,6 +158,9 @@ def check_training_flags(args):
                           f"(the analysis transform downsamples by {DOWNSAMPLING})")
     if args.learning_rate <= 0 or args.checkpoint_secs < 0:
         raise ConfigError("--learning_rate must be positive and --checkpoint_secs non-negative")
+    if not 0 <= args.decay_start_fraction <= 1 or args.decay_factor <= 0:
+        raise ConfigError("--decay_start_fraction must be in [0, 1] and --decay_factor "
+                          "positive")
     if args.verbose:
         args.log_every = min(args.log_every, 10)
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
@@ -211,12 +230,15 @@ def train_from_flags(args, config, dataset):
     before anything is written; see pipeline/locking.py); a signal exits 130 after saving."""
     from pipeline import training
     from pipeline.checkpoints import report_orphans
+    from pipeline.schedule import StepSchedule
+    schedule = StepSchedule(args.learning_rate, args.lr_schedule, args.last_step,
+                            args.decay_start_fraction, args.decay_factor)
     with DirectoryLock(args.checkpoint_dir, "trained", "--checkpoint_dir", args.break_lock):
         report_orphans(args.checkpoint_dir, remove=args.clean_orphans)
         try:
             training.train(config, dataset, args.checkpoint_dir, args.last_step,
-                           learning_rate=args.learning_rate,
-                           checkpoint_secs=args.checkpoint_secs, log_every=args.log_every)
+                           learning_rate=schedule, checkpoint_secs=args.checkpoint_secs,
+                           log_every=args.log_every, precision=args.precision)
         except training.Interrupted as stop:
             print(stop, flush=True)
             raise SystemExit(EXIT_INTERRUPTED)

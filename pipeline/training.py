@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from pipeline.checkpoints import latest_checkpoint
 from pipeline.metrics import psnr_from_mse
+from pipeline.schedule import StepSchedule
 from models.config import CONFIG_NAME, ConfigError, ModelConfig, SettingsError
 from models.factory import build_model
 
@@ -116,16 +117,35 @@ def _format_metrics(metrics, layer_names):
     return "  ".join(parts)
 
 
+def _duration(seconds):
+    """'1h02m', '3m05s' or '12s'."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
 def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
-          checkpoint_secs=300, log_every=100, make_step=tf.function):
+          checkpoint_secs=300, log_every=100, make_step=tf.function, precision="float32"):
     """Train `config`'s model on `dataset` (endless batches) up to step `last_step`.
 
+    learning_rate: a number (constant) or a schedule.StepSchedule; either way the rate of a
+    step is that of this call, also when resuming. precision: dtype of the convolution ops
+    ("float32" or "bfloat16", see layers.SignalConv2D); the variables are float32 either way,
+    so a checkpoint resumes under either precision.
     Returns the final step. Raises TrainingError on a non-finite loss, Interrupted after
     saving on SIGINT/SIGTERM, ConfigError when `checkpoint_dir` holds another model.
     """
     check_checkpoint_dir(checkpoint_dir, config)
+    schedule = (learning_rate if isinstance(learning_rate, StepSchedule)
+                else StepSchedule(learning_rate))
     model = build_model(config)
-    optimizer = tf.keras.optimizers.Adam(learning_rate)
+    model.training_precision = precision
+    # The rate variable is set from the schedule before every step, also right after a
+    # restore brought back the old run's value (see schedule.py).
+    optimizer = tf.keras.optimizers.Adam(schedule.value(0))
     model.compile(optimizer=optimizer)
     # Create the optimizer's slots now so the step is traced once, not twice.
     optimizer.build(model.trainable_variables)
@@ -155,12 +175,13 @@ def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
     window_start, window_steps = time.monotonic(), 0
     print(f"training {config.mode}-scalable model ({config.entropy_model}, layers "
           f"{'/'.join(config.layer_names)}, filters {config.filters}) from step {step} "
-          f"to {last_step}", flush=True)
+          f"to {last_step}; {schedule.describe()}, {precision} convolutions", flush=True)
     with _SignalFlag() as stop, writer.as_default():
         while step < last_step:
             if pending is None:
                 pending = _next_batch(iterator, step, manager)
             batch, pending = pending, None
+            optimizer.learning_rate.assign(schedule.value(step))
             metrics = train_step(batch)
             step = int(optimizer.iterations)
             window_steps += 1
@@ -172,14 +193,17 @@ def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
                                     "or check the training data")
             if step % log_every == 0 or step == last_step or stop.received:
                 seconds = (time.monotonic() - window_start) / window_steps
+                rate = schedule.value(step - 1)  # the rate of the update just made
                 values = {k: float(v) for k, v in metrics.items()}
                 values.update({f"psnr_{name}": psnr_from_mse(values[f"mse_{name}"])
                                for name in config.layer_names})
                 for name, value in values.items():
                     tf.summary.scalar(name, value, step=step)
                 tf.summary.scalar("seconds_per_step", seconds, step=step)
+                tf.summary.scalar("learning_rate", rate, step=step)
                 print(f"step {step}/{last_step}  {_format_metrics(values, config.layer_names)}"
-                      f"  {seconds:.3f} s/step", flush=True)
+                      f"  lr {rate:.3g}  {seconds:.3f} s/step"
+                      f"  eta {_duration((last_step - step) * seconds)}", flush=True)
                 window_start, window_steps = time.monotonic(), 0
             if stop.received:
                 manager.save(checkpoint_number=step)
