@@ -9,8 +9,8 @@ import bench.rd
 from bench.rd.stages import REPO, Protocol, log
 from models.config import ENTROPY_MODELS
 
-STAGES = ("train_quality", "train_single", "tfrecords", "train_spatial", "eval_quality",
-          "eval_spatial", "anchors", "aggregate", "eval_lowres")
+STAGES = ("train_quality", "train_single", "tfrecords", "train_spatial", "export",
+          "eval_quality", "eval_spatial", "anchors", "aggregate", "eval_lowres")
 
 PROFILES = {
     # CPU scale: 1000 steps; about an hour end to end on 2 idle cores (see bench/README.md).
@@ -18,19 +18,26 @@ PROFILES = {
                 batchsize=8, steps=1000, learning_rate=1e-3,
                 spatial_filters=[32, 32, 32], spatial_lmbdas=[400.0, 300.0, 200.0],
                 spatial_patchsize=128, spatial_batchsize=2, spatial_steps=1000,
-                tfrecord_patchsize=256),
+                tfrecord_patchsize=256, lr_schedule="constant"),
+    # The shipped models (pretrained/): sized for the 40 MB cap in float16 (see README,
+    # "Shipped models") and trained on this 2-core CPU across sessions, with a decay at 85 %.
+    "ship": dict(filters=[48, 48, 64, 64], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=128,
+                 batchsize=8, steps=60000, learning_rate=5e-4,
+                 spatial_filters=[48, 48, 48], spatial_lmbdas=[400.0, 300.0, 200.0],
+                 spatial_patchsize=256, spatial_batchsize=8, spatial_steps=60000,
+                 tfrecord_patchsize=256, lr_schedule="decay"),
     # The paper's sizes (ARCHITECTURE.md): GPU protocol, flags only.
     "gpu": dict(filters=[96, 120, 144, 196], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=256,
                 batchsize=8, steps=20000, learning_rate=1e-4,
                 spatial_filters=[96, 96, 96], spatial_lmbdas=[400.0, 300.0, 200.0],
                 spatial_patchsize=512, spatial_batchsize=8, spatial_steps=20000,
-                tfrecord_patchsize=512),
+                tfrecord_patchsize=512, lr_schedule="constant"),
     # Smoke test of the whole pipeline (minutes).
     "tiny": dict(filters=[8, 8, 8, 8], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=64,
                  batchsize=2, steps=3, learning_rate=1e-4,
                  spatial_filters=[8, 8, 8], spatial_lmbdas=[400.0, 300.0, 200.0],
                  spatial_patchsize=64, spatial_batchsize=2, spatial_steps=3,
-                 tfrecord_patchsize=128),
+                 tfrecord_patchsize=128, lr_schedule="constant"),
 }
 
 
@@ -64,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint_secs", type=float, default=120)
     p.add_argument("--preprocess_threads", type=int, default=2)
     p.add_argument("--no_ms_ssim", action="store_true", help="anchors: PSNR only")
+    p.add_argument("--models", choices=("trained", "pretrained"), default="trained",
+                   help="Evaluate the checkpoints the train stages wrote under --work_dir, or "
+                        "the shipped folders under pretrained/ (no training needed).")
     for key, value in PROFILES["cpu"].items():
         kind = _ints if isinstance(value, list) and isinstance(value[0], int) else \
             _floats if isinstance(value, list) else type(value)

@@ -2,6 +2,7 @@
 stage resumable (see bench/rd/__init__.py)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from typing import Dict, List, Optional
 from bench.anchors import RESOLUTION_TARGETS_BPP
 from bench.rd.points import image_key, per_image
 from bench.rd.report import aggregate, load_json
+from models.config import layer_names
 
 # The repository root: the scripts run from there.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -39,8 +41,9 @@ class Protocol:
     def run(self, cmd: List[str]) -> None:
         text = " ".join(cmd)
         log("$ " + text)
-        with open(os.path.join(self.work, "commands.log"), "a", encoding="utf-8") as f:
-            f.write(text + "\n")
+        for folder in (self.work, self.out):
+            with open(os.path.join(folder, "commands.log"), "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
         proc = subprocess.run(cmd, cwd=REPO)
         if proc.returncode != 0:
             raise SystemExit(f"command failed with status {proc.returncode}: {text}")
@@ -51,9 +54,26 @@ class Protocol:
         self.times[name] = self.times.get(name, 0.0) + time.monotonic() - start
 
     def ckpt(self, name):
+        """The model `name` (quality, single_<k>, spatial) that the eval stages use."""
+        if self.args.models == "pretrained":
+            return self.shipped(name)
         return os.path.join(self.work, "runs", name)
 
+    def shipped(self, name):
+        """Where `name` ships: pretrained/quality, pretrained/single_layer/<layer>, ..."""
+        if name.startswith("single_"):
+            name = os.path.join("single_layer", layer_names(len(self.args.filters))[
+                int(name.split("_")[1]) - 1])
+        return os.path.join(REPO, "pretrained", name)
+
+    def model_names(self):
+        return (["quality"] + [f"single_{k + 1}" for k in range(len(self.args.filters))]
+                + ["spatial"])
+
     def done_step(self, ckpt_dir) -> Optional[int]:
+        if os.path.exists(os.path.join(ckpt_dir, "weights.npz")):
+            with open(os.path.join(ckpt_dir, "weights.npz"), "rb") as f:  # shipped: by digest
+                return int.from_bytes(hashlib.sha256(f.read()).digest()[:6], "big")
         path = os.path.join(ckpt_dir, "rd_done.json")
         if not os.path.exists(path):
             return None
@@ -74,7 +94,8 @@ class Protocol:
                "--lmbdas", ",".join(f"{l:g}" for l in lmbdas),
                "--entropy_model", a.entropy_model, "--patchsize", str(patch),
                "--batchsize", str(batch), "--last_step", str(steps),
-               "--learning_rate", f"{a.learning_rate:g}", "--seed", str(a.seed),
+               "--learning_rate", f"{a.learning_rate:g}", "--lr_schedule", a.lr_schedule,
+               "--seed", str(a.seed),
                "--log_every", str(max(1, min(100, steps // 5))),
                "--checkpoint_secs", str(a.checkpoint_secs)]
         if a.preprocess_threads:
@@ -117,6 +138,15 @@ class Protocol:
         self.train("train_spatial.py", self.ckpt("spatial"), "--train_tfrecords",
                    self.tfrecord_path(), a.spatial_filters, a.spatial_lmbdas,
                    a.spatial_patchsize, a.spatial_batchsize, a.spatial_steps)
+
+    def stage_export(self):
+        """Every trained model of the protocol -> its shipped folder (float16 weights)."""
+        for name in self.model_names():
+            trained = os.path.join(self.work, "runs", name)
+            if self.done_step(trained) is None:
+                raise SystemExit(f"{name} is not trained to its last step: train it first")
+            self.run([self.py, "-m", "pipeline.pretrained", "--checkpoint_dir", trained,
+                      "--output", self.shipped(name)])
 
     # -- evaluation stages
     def eval_dir(self, name):
