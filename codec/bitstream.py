@@ -10,7 +10,7 @@ high bit set on every byte but the last, at most 8 bytes):
 
   field            size          meaning
   magic            4 bytes       b"LSIC"
-  version          u8            format version, 1
+  version          u8            format version, 2
   mode             u8            0 = quality scalability, 1 = spatial scalability
   layer_index      u8            0 = base layer; < num_layers
   num_layers       u8            number of layers of the model, >= 1
@@ -18,6 +18,8 @@ high bit set on every byte but the last, at most 8 bytes):
   layer_name       n bytes       UTF-8 layer name ("B", "e1", ...)
   config_digest    8 bytes       digest of the model configuration
   weights_digest   8 bytes       digest of the trained weights
+  tables_digest    8 bytes       digest of the stored coding tables (range-coding tables
+                                 and the integer hyper-synthesis) the encoder used
   parent_digest    8 bytes       stream_digest() of layer layer_index-1's file;
                                  8 zero bytes for the base layer
   height, width    2 varints     size of this layer's original image (before
@@ -25,27 +27,33 @@ high bit set on every byte but the last, at most 8 bytes):
   shape_count      varint        number of shape values, 0..32
   shapes           varints       shape values the decoder needs, each 0..2**20
   string_count     u8            number of payload strings, 1..8
-  strings          per string:   varint byte length, then the bytes
+  strings          per string:   varint byte length, the bytes, then 4 bytes:
+                                 symbols_checksum() of the int32 symbols the
+                                 string codes (checked after entropy decoding)
   crc32            4 bytes       zlib.crc32 of every byte before it
 
+Version 1 (no tables digest, no symbol checksums) is refused with a clear error.
+
 Header overhead (every byte but the payload strings' own bytes):
-38 + name bytes + the varints of height, width, shape count, shapes and
-string lengths. A hyperprior layer "e1" of a 512x768 image with shapes
-(32, 48, 8, 12) and strings of 6000 and 300 bytes has 53 bytes of overhead
-(9 fixed + 2 name + 24 digests + 4 size + 5 shape count and values
-+ 1 string count + 4 string lengths + 4 CRC); tests/test_bitstream.py
-prints the measured value.
+46 + name bytes + 4 per string + the varints of height, width, shape count,
+shapes and string lengths. A hyperprior layer "e1" of a 512x768 image with
+shapes (32, 48, 8, 12) and strings of 6000 and 300 bytes has 69 bytes of
+overhead (9 fixed + 2 name + 32 digests + 4 size + 5 shape count and values
++ 1 string count + 4 string lengths + 8 symbol checksums + 4 CRC);
+tests/test_bitstream.py prints the measured value.
 """
 import dataclasses
 import hashlib
 import os
 import zlib
 
+import numpy as np
+
 from codec.image import write_file_atomic
 from models.config import MODES, SettingsError
 
 MAGIC = b"LSIC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DIGEST_SIZE = 8
 BASE_PARENT_DIGEST = bytes(DIGEST_SIZE)
 MAX_IMAGE_SIDE = 1 << 20
@@ -70,10 +78,12 @@ class LayerStream:
     num_layers: int        # layers the model has
     config_digest: bytes   # digest of the model configuration
     weights_digest: bytes  # digest of the trained weights
+    tables_digest: bytes   # digest of the stored coding tables
     parent_digest: bytes   # stream_digest() of layer index-1's file; zeros for the base layer
     image_size: tuple      # (height, width) of this layer's original image, before padding
     shapes: tuple          # small non-negative ints the decoder needs
     strings: tuple         # bytes payloads (1 for factorized, 2 for hyperprior)
+    symbol_crcs: tuple     # per string, symbols_checksum() of the symbols it codes
 
 
 def digest(obj_bytes):
@@ -86,6 +96,11 @@ def digest(obj_bytes):
 def stream_digest(data):
     """Digest of an encoded stream file's bytes, stored as the next layer's parent_digest."""
     return digest(data)
+
+
+def symbols_checksum(symbols):
+    """CRC32 of an integer array's values as little-endian int32 (any shape, C order)."""
+    return zlib.crc32(np.ascontiguousarray(symbols, dtype="<i4").tobytes())
 
 
 def stream_filename(layer_name):
@@ -104,7 +119,7 @@ def _find_problem(stream):
     name_size = len(stream.layer_name.encode("utf-8"))
     if not 1 <= name_size <= MAX_LAYER_NAME_BYTES:
         return f"layer name is {name_size} bytes long (expected 1..{MAX_LAYER_NAME_BYTES})"
-    for field in ("config_digest", "weights_digest", "parent_digest"):
+    for field in ("config_digest", "weights_digest", "tables_digest", "parent_digest"):
         value = getattr(stream, field)
         if not isinstance(value, bytes) or len(value) != DIGEST_SIZE:
             return f"{field} must be {DIGEST_SIZE} bytes"
@@ -121,6 +136,9 @@ def _find_problem(stream):
         return f"{len(stream.strings)} payload strings (expected 1..{MAX_STRINGS})"
     if not all(isinstance(string, bytes) for string in stream.strings):
         return "payload strings must be bytes"
+    if len(stream.symbol_crcs) != len(stream.strings) or not all(
+            0 <= crc < 1 << 32 for crc in stream.symbol_crcs):
+        return "one 32-bit symbol checksum per payload string is required"
     return None
 
 
@@ -140,7 +158,8 @@ def encode(stream):
         layer_index=int(stream.layer_index), num_layers=int(stream.num_layers),
         image_size=tuple(int(side) for side in stream.image_size),
         shapes=tuple(int(value) for value in stream.shapes),
-        strings=tuple(stream.strings))
+        strings=tuple(stream.strings),
+        symbol_crcs=tuple(int(crc) for crc in stream.symbol_crcs))
     problem = _find_problem(stream)
     if problem:
         raise BitstreamError(f"cannot encode layer {stream.layer_name!r}: {problem}")
@@ -149,13 +168,14 @@ def encode(stream):
         MAGIC,
         bytes([FORMAT_VERSION, MODES.index(stream.mode), stream.layer_index,
                stream.num_layers, len(name)]),
-        name, stream.config_digest, stream.weights_digest, stream.parent_digest,
+        name, stream.config_digest, stream.weights_digest, stream.tables_digest,
+        stream.parent_digest,
         *(_varint(side) for side in stream.image_size),
         _varint(len(stream.shapes)), *(_varint(value) for value in stream.shapes),
         bytes([len(stream.strings)]),
     ]
-    for string in stream.strings:
-        parts += [_varint(len(string)), string]
+    for string, crc in zip(stream.strings, stream.symbol_crcs):
+        parts += [_varint(len(string)), string, crc.to_bytes(_CRC_SIZE, "big")]
     body = b"".join(parts)
     return body + zlib.crc32(body).to_bytes(_CRC_SIZE, "big")
 
@@ -212,22 +232,27 @@ def decode(data, source="<bytes>"):
     version = reader.u8("version")
     if version > FORMAT_VERSION:
         raise reader.error(f"made by a newer format version {version}; this decoder reads "
-                           f"up to {FORMAT_VERSION}: update the code")
+                           f"version {FORMAT_VERSION}: update the code")
     if version < 1:
         raise reader.error(f"unknown format version {version}")
+    if version < FORMAT_VERSION:
+        raise reader.error(f"made by format version {version}; this codec reads version "
+                           f"{FORMAT_VERSION}: encode the image again with this code")
 
     mode_code = reader.u8("mode")
     layer_index = reader.u8("layer index")
     num_layers = reader.u8("number of layers")
     name = reader.take(reader.u8("layer name length"), "layer name")
     digests = [reader.take(DIGEST_SIZE, f"{field} digest")
-               for field in ("config", "weights", "parent")]
+               for field in ("config", "weights", "tables", "parent")]
     image_size = (reader.varint("image height"), reader.varint("image width"))
     shape_count = reader.varint("shape count")
     # Each value takes at least one byte, so a damaged count ends in "truncated".
     shapes = tuple(reader.varint("shapes") for _ in range(shape_count))
-    strings = tuple(reader.take(reader.varint("string length"), "payload strings")
-                    for _ in range(reader.u8("string count")))
+    strings, symbol_crcs = [], []
+    for _ in range(reader.u8("string count")):
+        strings.append(reader.take(reader.varint("string length"), "payload strings"))
+        symbol_crcs.append(int.from_bytes(reader.take(_CRC_SIZE, "symbol checksums"), "big"))
     body_end = reader.position
     crc = reader.take(_CRC_SIZE, "checksum")
     if zlib.crc32(data[:body_end]).to_bytes(_CRC_SIZE, "big") != crc:
@@ -244,7 +269,8 @@ def decode(data, source="<bytes>"):
     stream = LayerStream(
         mode=MODES[mode_code], layer_index=layer_index, layer_name=layer_name,
         num_layers=num_layers, config_digest=digests[0], weights_digest=digests[1],
-        parent_digest=digests[2], image_size=image_size, shapes=shapes, strings=strings)
+        tables_digest=digests[2], parent_digest=digests[3], image_size=image_size,
+        shapes=shapes, strings=tuple(strings), symbol_crcs=tuple(symbol_crcs))
     problem = _find_problem(stream)
     if problem:
         raise reader.error(problem)
@@ -283,7 +309,7 @@ def _check_digest(path, field, found, expected, what):
 
 
 def read_layer_streams(folder, layer_names, num_layers, *, mode,
-                       config_digest=None, weights_digest=None):
+                       config_digest=None, weights_digest=None, tables_digest=None):
     """Reads and cross-checks stream_<name>.tfci for the first `num_layers` of `layer_names`.
 
     `layer_names` are all the model's layer names, base first. Each file must
@@ -319,6 +345,8 @@ def read_layer_streams(folder, layer_names, num_layers, *, mode,
                       "model configuration")
         _check_digest(path, "weights", stream.weights_digest, weights_digest,
                       "checkpoint")
+        _check_digest(path, "tables", stream.tables_digest, tables_digest,
+                      "set of coding tables")
         if index > 0 and stream.parent_digest != stream_digest(parent_data):
             raise BitstreamError(
                 f"{path}: does not belong to the same image/encoding as {parent_file}")

@@ -1,9 +1,10 @@
 """A folder of layer streams and the Codec that writes and reads it.
 
-A Codec is a trained model plus what its streams must carry (the configuration and weights
-digests). Per image the encoder writes one stream per layer (`stream_<name>.tfci`, checked
-headers, see codec/bitstream.py); the decoder reads the first k of them back, decodes, and
-writes `rec_<name>.png` at each layer's exact size.
+A Codec is a trained model in coding form plus what its streams must carry (the
+configuration, weights and coding-tables digests). Per image the encoder writes one stream
+per layer (`stream_<name>.tfci`, checked headers, see codec/bitstream.py); the decoder reads
+the first k of them back, decodes, checks the entropy-decoded symbols against the checksums
+the encoder stored, and only then writes `rec_<name>.png` at each layer's exact size.
 """
 
 import os
@@ -11,7 +12,7 @@ import os
 from codec import bitstream
 from codec.image import pad_to_multiple, write_file_atomic, write_png
 from models.config import ConfigError
-from models.scalable import PAD_MULTIPLE
+from models.scalable import PAD_MULTIPLE, DecodingError
 
 
 def rec_filename(layer_name):
@@ -26,6 +27,7 @@ class Codec:
         self.config = model.config
         self.config_digest = self.config.digest()
         self.weights_digest = model.weights_digest()
+        self.tables_digest = model.tables_digest()
 
     def check_num_layers(self, num_layers):
         """The number of layers to decode: all when None; a clear error when out of range."""
@@ -52,9 +54,10 @@ class Codec:
             stream = bitstream.LayerStream(
                 mode=self.config.mode, layer_index=k, layer_name=name,
                 num_layers=self.config.num_layers, config_digest=self.config_digest,
-                weights_digest=self.weights_digest, parent_digest=parent,
-                image_size=tuple(level.shape[:2]), shapes=tuple(code["shapes"]),
-                strings=tuple(code["strings"]))
+                weights_digest=self.weights_digest, tables_digest=self.tables_digest,
+                parent_digest=parent, image_size=tuple(level.shape[:2]),
+                shapes=tuple(code["shapes"]), strings=tuple(code["strings"]),
+                symbol_crcs=tuple(map(bitstream.symbols_checksum, code["symbols"])))
             data = bitstream.encode(stream)
             write_file_atomic(os.path.join(folder, bitstream.stream_filename(name)), data)
             parent = bitstream.stream_digest(data)
@@ -69,7 +72,8 @@ class Codec:
         num_layers = self.check_num_layers(num_layers)
         return bitstream.read_layer_streams(
             folder, self.config.layer_names, num_layers, mode=self.config.mode,
-            config_digest=self.config_digest, weights_digest=self.weights_digest)
+            config_digest=self.config_digest, weights_digest=self.weights_digest,
+            tables_digest=self.tables_digest)
 
     def decode(self, folder, num_layers=None, last_only=False):
         """Read and check the first `num_layers` streams in `folder`, decode, write rec PNGs.
@@ -81,10 +85,32 @@ class Codec:
         return self.decode_streams(folder, self.check_streams(folder, num_layers), last_only)
 
     def decode_streams(self, folder, streams, last_only=False):
-        """Decode already checked streams (from check_streams) into rec PNGs in `folder`."""
-        decoded = self.model.decompress([(s.strings, s.shapes) for s in streams], last_only)
+        """Decode already checked streams (from check_streams) into rec PNGs in `folder`.
+
+        Every layer's entropy-decoded symbols are verified against the checksums in its
+        header before any PNG is written; a mismatch, or any TensorFlow error while
+        decoding, is a BitstreamError naming the layer's file.
+        """
+        def path(stream):
+            return os.path.join(folder, bitstream.stream_filename(stream.layer_name))
+
+        try:
+            decoded = self.model.decode_layers([(s.strings, s.shapes) for s in streams],
+                                               last_only)
+        except DecodingError as error:
+            stream = next(s for s in streams if s.layer_name == error.layer_name)
+            raise bitstream.BitstreamError(
+                f"{path(stream)}: {error}: the file is damaged, or was not made by this "
+                "codec's checkpoint") from None
+        for stream, layer in zip(streams, decoded):
+            found = tuple(map(bitstream.symbols_checksum, layer["symbols"]))
+            if found != stream.symbol_crcs:
+                raise bitstream.BitstreamError(
+                    f"{path(stream)}: layer {stream.layer_name}: the entropy-decoded symbols "
+                    "do not match the encoder's checksum (a damaged payload, or a decoder "
+                    "out of step with the encoder): nothing written for it")
         reconstructions = []
-        for stream, image in zip(streams, decoded):
+        for stream, image in zip(streams, (layer["reconstruction"] for layer in decoded)):
             if image is not None:
                 height, width = stream.image_size
                 image = image[:height, :width]

@@ -102,6 +102,17 @@ class SignalConv2D(tfc.SignalConv2D):
         return self._in_precision(super()._up_convolve_transpose_explicit, inputs, kernel,
                                   prepadding)
 
+    def linear(self, inputs, kernel):
+        """This layer's convolution (same geometry) with another kernel of any dtype, without
+        bias or activation (the integer hyper-synthesis, models/entropy/integer.py)."""
+        saved = self.frozen_kernel, self._use_bias, self._activation
+        # tfc's setters refuse built layers; the private fields are what call() reads.
+        self.frozen_kernel, self._use_bias, self._activation = kernel, False, None
+        try:
+            return tfc.SignalConv2D.call(self, inputs)
+        finally:
+            self.frozen_kernel, self._use_bias, self._activation = saved
+
 
 def conv(filters, stride="1", activation=None, name=None, transposed=False, kernel=KERNEL):
     """One `SignalConv2D` with a kernel x kernel support.

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from models.config import DOWNSAMPLING
 from models.entropy import make_entropy_model
+from models.entropy.coding import tables_digest
 from models.layers import (AnalysisTransform, PredictionTransform, SynthesisTransform, crop_to,
                            set_conv_precision, set_kernels_frozen)
 
@@ -25,6 +26,16 @@ PAD_MULTIPLE = DOWNSAMPLING
 def to_uint8(image):
     """Float image in [0, 1] -> rounded, clipped uint8 (HxWx3, batch dimension dropped)."""
     return tf.saturate_cast(tf.round(image[0] * 255.0), tf.uint8)
+
+
+class DecodingError(ValueError):
+    """TensorFlow failed to decode a layer (damaged or desynchronised stream)."""
+
+    def __init__(self, layer_name, error):
+        self.layer_name = layer_name
+        detail = (error.message or "").strip().splitlines()
+        detail = detail[0][:200] if detail else type(error).__name__
+        super().__init__(f"layer {layer_name} cannot be decoded ({detail})")
 
 
 class ScalableModel(tf.keras.Model):
@@ -48,7 +59,8 @@ class ScalableModel(tf.keras.Model):
         self.entropy = [make_entropy_model(config.entropy_model, f, name=f"entropy_{n}")
                         for n, f in zip(names, filters)]
         # Traced coding functions, one per layer; a plain namespace so Keras does not track it.
-        self._coding = types.SimpleNamespace(encoders={}, decoders={}, ready=False)
+        self._coding = types.SimpleNamespace(encoders={}, decoders={}, ready=False,
+                                             tables_digest=None)
         # Dtype of the convolution ops in train_step (layers.PRECISIONS); weights stay float32
         # and coding always runs in float32.
         self.training_precision = "float32"
@@ -153,31 +165,52 @@ class ScalableModel(tf.keras.Model):
         return digest.digest()[:8]
 
     # --- coding form -----------------------------------------------------------------------
-    def prepare_coding(self):
-        """Rebuild the entropy models with range-coding tables from the trained weights, and
-        compute every convolution kernel once (see layers.SignalConv2D)."""
+    def coding_tables(self):
+        """Every entropy model's coding tables, computed from the current weights: a dict of
+        numpy arrays named `<entropy layer name>/<array>` (stored beside the checkpoint)."""
+        tables = {}
         for entropy_model in self.entropy:
-            entropy_model.prepare_coding()
+            tables.update({f"{entropy_model.name}/{key}": value
+                           for key, value in entropy_model.coding_tables().items()})
+        return tables
+
+    def prepare_coding(self, tables=None):
+        """Build the coding form from stored `tables` (coding_tables() of these weights;
+        computed here when None), and compute every convolution kernel once (see
+        layers.SignalConv2D)."""
+        if tables is None:
+            tables = self.coding_tables()
+        for entropy_model in self.entropy:
+            prefix = entropy_model.name + "/"
+            entropy_model.load_tables({key[len(prefix):]: value for key, value in tables.items()
+                                       if key.startswith(prefix)})
         set_kernels_frozen(self, True)
         self._coding.encoders.clear()
         self._coding.decoders.clear()
+        self._coding.tables_digest = tables_digest(tables)
         self._coding.ready = True
+
+    def tables_digest(self):
+        """8-byte digest of the coding tables in use, stored in every stream."""
+        self._check_coding()
+        return self._coding.tables_digest
 
     def _encode_layer(self, k, reconstruct, level, context=None):
         level = tf.cast(level, tf.float32)[None] / 255.0
         latent = self.analysis[k](level)
         prediction = 0.0 if k == 0 else self.predict_latent(k, context, tf.shape(latent)[1:3])
-        strings, shapes, residual_hat, bits = self.entropy[k].compress(latent - prediction)
+        strings, shapes, residual_hat, bits, symbols = self.entropy[k].compress(
+            latent - prediction)
         context = self.extend_context(context, prediction + residual_hat, k)
         reconstruction = to_uint8(self.synthesis[k](context)) if reconstruct else None
-        return strings, shapes, bits[0], context, reconstruction
+        return strings, shapes, bits[0], symbols, context, reconstruction
 
     def _decode_layer(self, k, reconstruct, strings, shapes, context=None):
-        residual_hat = self.entropy[k].decompress(strings, shapes)
+        residual_hat, symbols = self.entropy[k].decompress(strings, shapes)
         latent_hat = residual_hat if k == 0 else (
             self.predict_latent(k, context, shapes[0]) + residual_hat)
         context = self.extend_context(context, latent_hat, k)
-        return context, to_uint8(self.synthesis[k](context)) if reconstruct else None
+        return symbols, context, to_uint8(self.synthesis[k](context)) if reconstruct else None
 
     def _coder(self, table, layer_function, k, reconstruct, specs):
         """The traced coding function of layer k (with or without its synthesis), cached."""
@@ -215,7 +248,8 @@ class ScalableModel(tf.keras.Model):
 
         levels: one uint8 HxWx3 array per layer (sides multiples of PAD_MULTIPLE).
         Returns per layer a dict: `strings` (list of bytes), `shapes` (flat list of ints),
-        `bits` (estimated from the likelihoods) and `reconstruction` (uint8, padded size),
+        `bits` (estimated from the likelihoods), `symbols` (per string the int32 array of
+        symbols it codes) and `reconstruction` (uint8, padded size),
         the exact image a decoder of the same weights produces. reconstruct=False skips
         the synthesis transforms (a sender needs only the streams): `reconstruction` is None.
         """
@@ -223,28 +257,37 @@ class ScalableModel(tf.keras.Model):
         codes, context = [], None
         for k, level in enumerate(levels):
             args = [tf.convert_to_tensor(level, tf.uint8)] + ([] if k == 0 else [context])
-            strings, shapes, bits, context, reconstruction = self._encoder(k, reconstruct)(*args)
+            strings, shapes, bits, symbols, context, reconstruction = \
+                self._encoder(k, reconstruct)(*args)
             codes.append(dict(
                 strings=[s.numpy()[0] for s in strings],
                 shapes=[int(v) for shape in shapes for v in shape.numpy()],
-                bits=float(bits),
+                bits=float(bits), symbols=[s.numpy() for s in symbols],
                 reconstruction=None if reconstruction is None else reconstruction.numpy()))
         return codes
 
     def decompress(self, codes, last_only=False):
+        """Decode the first len(codes) layers: one uint8 reconstruction (padded size) per layer,
+        None where last_only=True skips it (see decode_layers)."""
+        return [layer["reconstruction"] for layer in self.decode_layers(codes, last_only)]
+
+    def decode_layers(self, codes, last_only=False):
         """Decode the first len(codes) layers from (strings, flat shapes) pairs.
 
-        Uses no analysis transform and nothing of the layers above. Returns one uint8
-        reconstruction (padded size) per decoded layer; with last_only=True only the top
-        layer is synthesized (the lower layers' latents are still decoded: they are its
-        context) and the other entries are None.
+        Uses no analysis transform and nothing of the layers above. Returns per decoded layer
+        a dict: `symbols` (per string the int32 array the entropy decoder produced) and
+        `reconstruction` (uint8, padded size); with last_only=True only the top layer is
+        synthesized (the lower layers' latents are still decoded: they are its context) and
+        the other reconstructions are None. A TensorFlow error while decoding layer k (a
+        damaged or desynchronised stream) raises DecodingError naming the layer.
         """
         self._check_coding()
-        reconstructions, context = [], None
+        layers, context = [], None
         for k, (strings, shapes) in enumerate(codes):
+            name = self.config.layer_names[k]
             sizes = [spec.shape[0] for spec in self.entropy[k].shape_specs()]
             if len(strings) != len(sizes) or len(shapes) != sum(sizes):
-                raise ValueError(f"layer {self.config.layer_names[k]}: expected {len(sizes)} "
+                raise ValueError(f"layer {name}: expected {len(sizes)} "
                                  f"strings and {sum(sizes)} shape values")
             ends = np.cumsum(sizes)
             args = [[tf.constant([s]) for s in strings],
@@ -253,6 +296,11 @@ class ScalableModel(tf.keras.Model):
             if k > 0:
                 args.append(context)
             reconstruct = not last_only or k == len(codes) - 1
-            context, reconstruction = self._decoder(k, reconstruct)(*args)
-            reconstructions.append(None if reconstruction is None else reconstruction.numpy())
-        return reconstructions
+            try:
+                symbols, context, reconstruction = self._decoder(k, reconstruct)(*args)
+            except tf.errors.OpError as error:
+                raise DecodingError(name, error) from None
+            layers.append(dict(
+                symbols=[s.numpy() for s in symbols],
+                reconstruction=None if reconstruction is None else reconstruction.numpy()))
+        return layers

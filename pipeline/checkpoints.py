@@ -1,15 +1,32 @@
-"""Where trained models live: config.json plus TF checkpoints (a training run) or plus
-float16 weights (a shipped model, see pipeline/pretrained.py) in one directory."""
+"""Where trained models live: config.json with TF checkpoints (a training run) or float16
+weights (a shipped model, see pipeline/pretrained.py), and the coding tables, in one
+directory.
 
+The coding tables (`coding_tables.npz`: every entropy model's range-coding tables and
+integer hyper-synthesis, see models/entropy/) are computed once from a checkpoint's float
+weights and stored beside it, tagged with that checkpoint's weights digest. Encoders and
+decoders that load the directory use the stored integers, so streams decode on any machine
+that has the same file. A missing or stale file (other weights) is rebuilt on load and saved
+when the directory is writable.
+"""
+
+import io
 import os
 import re
 import shutil
+import sys
+import zipfile
 
+import numpy as np
 import tensorflow as tf
 
+from codec.image import write_file_atomic
 from models.config import ConfigError, ModelConfig, SettingsError
 from models.factory import build_model
 from pipeline import pretrained
+
+TABLES_NAME = "coding_tables.npz"
+_WEIGHTS_KEY = "weights_digest"  # not a valid table name (those hold a "/")
 
 
 class CheckpointError(SettingsError, ValueError):
@@ -105,7 +122,50 @@ def restore_trained_model(directory, mode, **requested):
 
 
 def load_trained_model(directory, mode, **requested):
-    """`restore_trained_model`, then prepared for coding."""
+    """`restore_trained_model`, then prepared for coding with the directory's coding tables
+    (built and stored there on first use)."""
     model = restore_trained_model(directory, mode, **requested)
-    model.prepare_coding()
+    model.prepare_coding(load_coding_tables(directory, model))
     return model
+
+
+def _read_tables(path, weights_digest):
+    """The tables stored at `path` for these weights; None when missing, stale or damaged."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            tables = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        print(f"note: {path} is unreadable ({error}); computing the coding tables again",
+              file=sys.stderr, flush=True)
+        return None
+    if bytes(tables.pop(_WEIGHTS_KEY, np.zeros(0, np.uint8))) != weights_digest:
+        return None
+    return tables
+
+
+def save_coding_tables(directory, model, tables):
+    """Write `tables` (of `model`'s weights) into `directory` atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **tables,
+             **{_WEIGHTS_KEY: np.frombuffer(model.weights_digest(), np.uint8)})
+    write_file_atomic(os.path.join(directory, TABLES_NAME), buffer.getvalue())
+
+
+def load_coding_tables(directory, model):
+    """The coding tables of `model`'s (restored) weights, from `directory/coding_tables.npz`;
+    computed from the weights and saved there when missing or stale (kept in memory, with a
+    note, when the directory is read-only)."""
+    path = os.path.join(directory, TABLES_NAME)
+    tables = _read_tables(path, model.weights_digest())
+    if tables is None:
+        tables = model.coding_tables()
+        try:
+            save_coding_tables(directory, model, tables)
+        except OSError as error:
+            print(f"note: cannot write {path} ({error.strerror or error}); the coding tables "
+                  "are used from memory (streams decode only where the same tables are "
+                  "computed: copy a coding_tables.npz made beside this checkpoint)",
+                  file=sys.stderr, flush=True)
+    return tables

@@ -1,10 +1,12 @@
 """Shipped models: a trained checkpoint's weights, alone and in float16, with its config.json.
 
-A pretrained folder (e.g. `pretrained/quality`) holds `config.json` and `weights.npz`: one
-float16 array per model variable, in `model.weights` order, named by the variable. No
-optimizer slots, no step, no data-iterator state: half the size of a float32 checkpoint and a
-sixth of a training one. Loading casts the arrays back to float32 exactly, so every machine
-holds the same weights (and the same weights digest in the streams).
+A pretrained folder (e.g. `pretrained/quality`) holds `config.json`, `weights.npz` (one
+float16 array per model variable, in `model.weights` order, named by the variable; no
+optimizer slots, step or data-iterator state: half the size of a float32 checkpoint and a
+sixth of a training one) and `coding_tables.npz`, the range-coding tables and integer
+hyper-synthesis computed once from those float16 weights (see pipeline/checkpoints.py).
+Loading casts the arrays back to float32 exactly, so every machine holds the same weights,
+and the shipped tables make the streams decode alike everywhere.
 
 Export a training run:
   python -m pipeline.pretrained --checkpoint_dir runs/quality --output pretrained/quality
@@ -79,11 +81,16 @@ def load_weights(model, directory):
 
 def export(checkpoint_dir, output):
     """Export the newest checkpoint of `checkpoint_dir` into the pretrained folder `output`."""
-    from pipeline.checkpoints import restore_trained_model
-    model = restore_trained_model(checkpoint_dir, ModelConfig.load(checkpoint_dir).mode)
-    path = save_weights(model, output)
-    print(f"{output}: {model.config.mode} model, filters {model.config.filters}, "
-          f"{os.path.getsize(path) / 2**20:.1f} MiB of float16 weights", flush=True)
+    from pipeline.checkpoints import TABLES_NAME, load_trained_model, restore_trained_model
+    mode = ModelConfig.load(checkpoint_dir).mode
+    path = save_weights(restore_trained_model(checkpoint_dir, mode), output)
+    stale = os.path.join(output, TABLES_NAME)
+    if os.path.exists(stale):
+        os.remove(stale)
+    model = load_trained_model(output, mode)  # computes and stores the tables of these weights
+    print(f"{output}: {mode} model, filters {model.config.filters}, "
+          f"{os.path.getsize(path) / 2**20:.1f} MiB of float16 weights, "
+          f"{os.path.getsize(stale) / 2**20:.2f} MiB of coding tables", flush=True)
     return path
 
 

@@ -12,16 +12,21 @@ from codec.bitstream import BitstreamError, LayerStream
 
 CONFIG = bitstream.digest(b"model configuration")
 WEIGHTS = bitstream.digest(b"trained weights")
+TABLES = bitstream.digest(b"coding tables")
 LAYER_NAMES = ("B", "e1", "e2")
 
 
 def make_stream(**changes):
-    """A valid hyperprior enhancement-layer stream; keyword arguments replace fields."""
+    """A valid hyperprior enhancement-layer stream; keyword arguments replace fields (one
+    symbol checksum per string unless given)."""
     stream = LayerStream(
         mode="quality", layer_index=1, layer_name="e1", num_layers=3,
-        config_digest=CONFIG, weights_digest=WEIGHTS, parent_digest=bitstream.digest(b"B"),
-        image_size=(512, 768), shapes=(32, 48, 8, 12),
-        strings=(bytes(range(256)) * 24, b"\x01\x02" * 150))
+        config_digest=CONFIG, weights_digest=WEIGHTS, tables_digest=TABLES,
+        parent_digest=bitstream.digest(b"B"), image_size=(512, 768), shapes=(32, 48, 8, 12),
+        strings=(bytes(range(256)) * 24, b"\x01\x02" * 150),
+        symbol_crcs=(0x12345678, 0xFEDCBA98))
+    if "strings" in changes and "symbol_crcs" not in changes:
+        changes["symbol_crcs"] = tuple(range(7, 7 + len(changes["strings"])))
     return dataclasses.replace(stream, **changes)
 
 
@@ -73,16 +78,16 @@ def test_layout_and_header_overhead():
     overhead = len(data) - payload
     print(f"\nheader overhead: {overhead} bytes (layer e1, 512x768, 4 shapes, "
           f"2 strings of {[len(s) for s in stream.strings]} bytes)")
-    assert overhead == 53  # the example worked out in the module docstring
+    assert overhead == 69  # the example worked out in the module docstring
     assert data[:4] == bitstream.MAGIC
     assert data[4:9] == bytes([bitstream.FORMAT_VERSION, 0, 1, 3, 2])
     assert data[9:11] == b"e1"
-    assert data[11:35] == CONFIG + WEIGHTS + stream.parent_digest
-    assert data[35:39] == bytes([0x80, 0x04, 0x80, 0x06])  # varints 512, 768
+    assert data[11:43] == CONFIG + WEIGHTS + TABLES + stream.parent_digest
+    assert data[43:47] == bytes([0x80, 0x04, 0x80, 0x06])  # varints 512, 768
     assert data[-4:] == zlib.crc32(data[:-4]).to_bytes(4, "big")
     base = make_stream(layer_index=0, layer_name="B", parent_digest=bytes(8), image_size=(64, 64),
                        shapes=(), strings=(b"z" * 100,))
-    assert len(bitstream.encode(base)) - 100 == 43  # smallest common case
+    assert len(bitstream.encode(base)) - 100 == 55  # smallest common case
 
 
 def test_digests():
@@ -102,6 +107,9 @@ def test_digests():
     ({"shapes": (-1,)}, "shape values"),
     ({"strings": ()}, "0 payload strings"),
     ({"strings": ("text",)}, "payload strings must be bytes"),
+    ({"tables_digest": b""}, "tables_digest must be 8 bytes"),
+    ({"symbol_crcs": (1,)}, "one 32-bit symbol checksum per payload string"),
+    ({"symbol_crcs": (1, 1 << 32)}, "one 32-bit symbol checksum per payload string"),
 ])
 def test_encode_rejects_invalid_fields(changes, problem):
     with pytest.raises(BitstreamError, match=f"^cannot encode layer .*: {problem}"):
@@ -121,12 +129,29 @@ def test_wrong_magic(data):
 
 def test_newer_version():
     data = bytearray(bitstream.encode(make_stream()))
-    data[4] = 2
+    data[4] = 3
     assert decode_error(bytes(data)) == (
-        "s.tfci: made by a newer format version 2; this decoder reads up to 1: update the code")
+        "s.tfci: made by a newer format version 3; this decoder reads version 2: update the code")
 
 
-@pytest.mark.parametrize("keep", [1, 3, 4, 5, 10, 30, 37, 45, -301, -5, -1])
+def test_older_version_is_refused_by_name():
+    """Version 1 streams had no coding-tables digest and no symbol checksums."""
+    data = bytearray(bitstream.encode(make_stream()))
+    data[4] = 1
+    assert decode_error(bytes(data)) == (
+        "s.tfci: made by format version 1; this codec reads version 2: encode the image again "
+        "with this code")
+
+
+def test_symbols_checksum_is_crc32_of_little_endian_int32():
+    import numpy as np
+    symbols = np.array([[1, -2], [300, 0]], np.int64)
+    expected = zlib.crc32(np.array([1, -2, 300, 0], "<i4").tobytes())
+    assert bitstream.symbols_checksum(symbols) == expected
+    assert bitstream.symbols_checksum(symbols.T) != expected  # order matters
+
+
+@pytest.mark.parametrize("keep", [1, 3, 4, 5, 10, 30, 37, 45, 53, -305, -7, -1])
 def test_truncated(keep):
     data = bitstream.encode(make_stream())
     assert decode_error(data[:keep]).startswith("s.tfci: truncated")
@@ -261,14 +286,15 @@ def test_write_stream_rejects_invalid_without_leaving_a_file(tmp_path):
 
 # --- layer chains -----------------------------------------------------------------------------
 
-def write_encoding(folder, image_tag, config=CONFIG, weights=WEIGHTS, mode="quality"):
+def write_encoding(folder, image_tag, config=CONFIG, weights=WEIGHTS, mode="quality",
+                   tables=TABLES):
     """Writes a chained 3-layer encoding of a fake image into `folder`; returns its streams."""
     os.makedirs(folder, exist_ok=True)
     streams, parent = [], bitstream.BASE_PARENT_DIGEST
     for index, name in enumerate(LAYER_NAMES):
         stream = make_stream(
             mode=mode, layer_index=index, layer_name=name, config_digest=config,
-            weights_digest=weights, parent_digest=parent,
+            weights_digest=weights, tables_digest=tables, parent_digest=parent,
             strings=(f"{image_tag} {name}".encode(), b"side"))
         path = os.path.join(folder, bitstream.stream_filename(name))
         bitstream.write_stream(path, stream)
@@ -321,6 +347,8 @@ def test_chain_missing_lower_layer(tmp_path):
      r"different model configuration \(config digest [0-9a-f]{16}, expected [0-9a-f]{16}\)"),
     ({"weights_digest": bitstream.digest(b"other weights")},
      r"different checkpoint \(weights digest [0-9a-f]{16}, expected [0-9a-f]{16}\)"),
+    ({"tables_digest": bitstream.digest(b"other tables")},
+     r"different set of coding tables \(tables digest [0-9a-f]{16}, expected [0-9a-f]{16}\)"),
 ])
 def test_chain_other_model(tmp_path, kwargs, problem):
     write_encoding(tmp_path, "kodim01")

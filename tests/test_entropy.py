@@ -120,8 +120,9 @@ def test_evaluation_form_is_quantized_and_deterministic(kind):
 def test_compress_decompress_reproduces_quantized_values(kind, coders):
     models, tensor = coders
     model = models[kind]
-    strings, shapes, quantized, bits = model.compress(tensor)
-    assert len(strings) == len(shapes) == model.num_strings
+    strings, shapes, quantized, bits, symbols = model.compress(tensor)
+    assert len(strings) == len(shapes) == len(symbols) == model.num_strings
+    assert all(s.dtype == tf.int32 for s in symbols)
     assert all(s.shape == (2,) and s.dtype == tf.string for s in strings)
     np.testing.assert_array_equal(shapes[0].numpy(), [32, 32])
     # The coding form quantizes as the evaluation form does.
@@ -130,8 +131,10 @@ def test_compress_decompress_reproduces_quantized_values(kind, coders):
     # Same estimate up to the side information's quantization offsets (a side value that
     # rounds the other way moves a few scale indexes).
     np.testing.assert_allclose(bits.numpy(), expected_bits.numpy(), rtol=2e-2)
-    decoded = model.decompress(strings, shapes)
+    decoded, decoded_symbols = model.decompress(strings, shapes)
     np.testing.assert_array_equal(decoded.numpy(), quantized.numpy())
+    for sent, received in zip(symbols, decoded_symbols):
+        np.testing.assert_array_equal(sent.numpy(), received.numpy())
 
 
 @pytest.mark.parametrize("kind", ENTROPY_MODELS)
@@ -139,19 +142,19 @@ def test_decompress_in_a_fresh_instance(kind, coders):
     """The receiver has its own model object with the same weights, nothing else."""
     models, tensor = coders
     sender = models[kind]
-    strings, shapes, quantized, _ = sender.compress(tensor[:1])
+    strings, shapes, quantized, _, _ = sender.compress(tensor[:1])
     receiver = make_entropy_model(kind, CHANNELS)
     receiver(tensor[:1], training=True)
     receiver.set_weights(sender.get_weights())
-    receiver.prepare_coding()
-    decoded = receiver.decompress([tf.constant(s.numpy()) for s in strings], shapes)
+    receiver.load_tables(sender.coding_tables())
+    decoded, _ = receiver.decompress([tf.constant(s.numpy()) for s in strings], shapes)
     np.testing.assert_array_equal(decoded.numpy(), quantized.numpy())
 
 
 @pytest.mark.parametrize("kind", ENTROPY_MODELS)
 def test_estimated_bits_match_string_lengths(kind, coders):
     models, tensor = coders
-    strings, _, _, bits = models[kind].compress(tensor)
+    strings, _, _, bits, _ = models[kind].compress(tensor)
     actual = sum(np.array([len(s) for s in part.numpy()]) for part in strings) * 8
     estimate = bits.numpy()
     slack = 16 * 8 * len(strings)
@@ -162,7 +165,7 @@ def test_estimated_bits_match_string_lengths(kind, coders):
 
 def test_hyperprior_side_information_has_its_own_string(coders):
     models, tensor = coders
-    strings, shapes, _, _ = models["hyperprior"].compress(tensor)
+    strings, shapes, _, _, _ = models["hyperprior"].compress(tensor)
     # 32x32 latent -> side latent downsampled by 4.
     np.testing.assert_array_equal(shapes[1].numpy(), [8, 8])
     assert all(len(s) > 0 for s in strings[1].numpy())

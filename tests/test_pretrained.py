@@ -25,7 +25,8 @@ def exported(tiny_checkpoints, tmp_path_factory):
 
 def test_export_holds_float16_weights_only(exported):
     checkpoint_dir, folder = exported
-    assert sorted(os.listdir(folder)) == ["config.json", pretrained.WEIGHTS_NAME]
+    assert sorted(os.listdir(folder)) == [checkpoints.TABLES_NAME, "config.json",
+                                          pretrained.WEIGHTS_NAME]
     assert ModelConfig.load(folder) == ModelConfig.load(checkpoint_dir)
     with np.load(os.path.join(folder, pretrained.WEIGHTS_NAME)) as arrays:
         dtypes = {arrays[k].dtype for k in arrays.files if k != "names"}
@@ -52,6 +53,7 @@ def test_mismatched_weights_are_a_checkpoint_error(exported, tmp_path):
     config.filters = [f + 1 for f in config.filters]
     config.save(str(tmp_path))
     os.link(os.path.join(folder, pretrained.WEIGHTS_NAME), tmp_path / pretrained.WEIGHTS_NAME)
+    assert not (tmp_path / checkpoints.TABLES_NAME).exists()
     with pytest.raises(checkpoints.CheckpointError, match="does not match"):
         checkpoints.restore_trained_model(str(tmp_path), "quality")
 

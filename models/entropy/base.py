@@ -5,11 +5,16 @@ An entropy model codes one latent tensor (the base latent or an enhancement resi
 and has two forms:
 - training form: `model(tensor, training)` -> (noisy (training) or quantized tensor, estimated
   bits per batch element);
-- coding form, made once by `prepare_coding()` from the final weights: `compress(tensor)` ->
-  (strings, shapes, dequantized tensor, estimated bits) for a batch of one, and
-  `decompress(strings, shapes)` -> the same dequantized tensor, from what the streams carry.
-  `num_strings` strings, and one int32 vector per string whose static shape is given by
-  `shape_specs()`; the first shape is the latent's [height, width].
+- coding tables: `coding_tables()` computes, once, from the final float weights every array
+  the coder needs (range-coding tables, quantization offsets, integer networks) as a dict of
+  numpy arrays; these are stored beside the checkpoint (pipeline/checkpoints.py).
+- coding form, made by `load_tables(tables)` from those arrays alone (never from the float
+  weights, so that every machine codes with the same integers): `compress(tensor)` ->
+  (strings, shapes, dequantized tensor, estimated bits, symbols), and
+  `decompress(strings, shapes)` -> (the same dequantized tensor, the same symbols), from what
+  the streams carry. `num_strings` strings, one int32 vector per string whose static shape
+  is given by `shape_specs()` (the first is the latent's [height, width]), and per string
+  the int32 tensor of symbols it codes (the stream header carries their checksums).
 
 Adding an entropy model: one module with a subclass decorated `@register("name")`, and its
 name -> module line in `models.config.ENTROPY_MODELS` (TensorFlow-free, for the flags).
@@ -70,14 +75,22 @@ class EntropyModel(tf.keras.layers.Layer):
     def call(self, tensor, training):
         raise NotImplementedError
 
-    def prepare_coding(self):
-        """Build the coding form from the current weights (after training or loading)."""
+    def coding_tables(self):
+        """Every array the coding form needs, computed from the current weights."""
         raise NotImplementedError
 
+    def load_tables(self, tables):
+        """Build the coding form from `coding_tables()`'s arrays (possibly read from disk)."""
+        raise NotImplementedError
+
+    def prepare_coding(self):
+        """Build the coding form from the current weights (tables computed in memory)."""
+        self.load_tables(self.coding_tables())
+
     def compress(self, tensor):
-        """(strings, shapes, dequantized tensor, estimated bits) of a batch of one."""
+        """(strings, shapes, dequantized tensor, estimated bits, symbols per string)."""
         raise NotImplementedError
 
     def decompress(self, strings, shapes):
-        """The dequantized tensor from `compress`'s strings and shapes."""
+        """(dequantized tensor, symbols per string) from `compress`'s strings and shapes."""
         raise NotImplementedError

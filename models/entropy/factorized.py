@@ -4,30 +4,16 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 
 from models.entropy.base import EntropyModel, register
-
-
-def factorized_coder(prior):
-    """Coding form of a `ContinuousBatchedEntropyModel` over `prior` (coding rank 3).
-
-    The range-coding tables are computed inside a `tf.function`: building them eagerly runs
-    tfc's tail-estimation loop op by op and takes ~10x longer. The returned model holds the
-    tables but not the prior, so bits are estimated with the training form.
-    """
-    @tf.function
-    def tables():
-        model = tfc.ContinuousBatchedEntropyModel(
-            prior, coding_rank=3, compression=True, stateless=True)
-        return model.cdf, model.cdf_offset, model.quantization_offset
-
-    cdf, cdf_offset, offset = tables()
-    return tfc.ContinuousBatchedEntropyModel(
-        prior_shape=prior.batch_shape, coding_rank=3, compression=True, stateless=True,
-        cdf=cdf, cdf_offset=cdf_offset, quantization_offset=offset)
+from models.entropy.coding import ChannelCoder, prior_tables
 
 
 @register("factorized")
 class FactorizedEntropyModel(EntropyModel):
-    """A `ContinuousBatchedEntropyModel` with a `NoisyDeepFactorized` prior per channel."""
+    """A `ContinuousBatchedEntropyModel` with a `NoisyDeepFactorized` prior per channel.
+
+    Coding needs only the stored tables (coding.ChannelCoder); the prior is evaluated for the
+    estimated bits alone.
+    """
 
     num_strings = 1
 
@@ -41,16 +27,18 @@ class FactorizedEntropyModel(EntropyModel):
             self.prior, coding_rank=3, compression=False, quantization_offset=quantization_offset)
         return model(tensor, training=training)
 
-    def prepare_coding(self):
-        """Build the range-coding tables from the current weights (eager mode)."""
-        self.coder = factorized_coder(self.prior)
+    def coding_tables(self):
+        return prior_tables(self.prior)
+
+    def load_tables(self, tables):
+        self.coder = ChannelCoder(tables)
 
     def compress(self, tensor):
-        """Returns (strings, shapes, dequantized tensor, estimated bits)."""
-        quantized = self.coder.quantize(tensor)
-        _, bits = self(tensor, training=False, quantization_offset=self.coder.quantization_offset)
-        strings = [self.coder.compress(tensor)]
-        return strings, [tf.shape(tensor)[1:3]], quantized, bits
+        symbols = self.coder.symbols(tensor)
+        _, bits = self(tensor, training=False, quantization_offset=self.coder.offset)
+        strings = [self.coder.encode(symbols)]
+        return strings, [tf.shape(tensor)[1:3]], self.coder.dequantize(symbols), bits, [symbols]
 
     def decompress(self, strings, shapes):
-        return self.coder.decompress(strings[0], shapes[0])
+        symbols = self.coder.decode(strings[0], shapes[0])
+        return self.coder.dequantize(symbols), [symbols]

@@ -1,12 +1,24 @@
 """The hyperprior entropy model (Balle et al. 2018, as tfc's bmshj2018): side information z,
-coded with a factorized prior, sets the Gaussian scale of every element."""
+coded with a factorized prior, sets the Gaussian scale of every element.
+
+Coding is portable: both the side and the main range-coding tables are stored arrays, and the
+scale indexes come from the integer hyper-synthesis (models/entropy/integer.py) run on the
+integer side symbols, so every machine selects the same table for every element.
+"""
 
 import tensorflow as tf
 import tensorflow_compression as tfc
 
 from models.entropy.base import EntropyModel, register
-from models.entropy.factorized import factorized_coder
+from models.entropy.coding import ChannelCoder, IndexedCoder, indexed_tables, prior_tables
+from models.entropy.integer import IntegerNetwork, quantize_network
 from models.layers import conv, crop_to
+
+
+def _prefixed(tables, prefix):
+    """The arrays of `tables` under `prefix/`, without it."""
+    return {key[len(prefix) + 1:]: value for key, value in tables.items()
+            if key.startswith(prefix + "/")}
 
 
 @register("hyperprior")
@@ -36,7 +48,10 @@ class HyperpriorEntropyModel(EntropyModel):
             sconv(channels, 3, "1", None, 2),
         ], name="hyper_synthesis")
         self.side_prior = tfc.NoisyDeepFactorized(batch_shape=(hyper_filters,))
-        self.coder = self.side_coder = None
+        self.coder = self.side_coder = self.index_network = None
+        # True: scale indexes from the integer network (portable, what the codec uses).
+        # False: from the float hyper-synthesis, as tfc does (bench/portable.py compares).
+        self.exact_indexes = True
 
     @classmethod
     def scale_fn(cls, index):
@@ -64,24 +79,46 @@ class HyperpriorEntropyModel(EntropyModel):
         tensor_hat, bits = self._main_model(compression=False)(tensor, indexes, training=training)
         return tensor_hat, bits + side_bits
 
-    def prepare_coding(self):
-        """Build the range-coding tables from the current weights (eager mode)."""
-        self.coder = self._main_model(compression=True)
-        self.side_coder = factorized_coder(self.side_prior)
+    def coding_tables(self):
+        """Side and main range-coding tables and the integer hyper-synthesis."""
+        side = prior_tables(self.side_prior)
+        main = indexed_tables(tfc.NoisyNormal, self.NUM_SCALES, self.scale_fn)
+        network = quantize_network(self.hyper_synthesis.layers, side["quantization_offset"])
+        tables = {}
+        for prefix, arrays in (("side", side), ("main", main), ("hyper_synthesis", network)):
+            tables.update({f"{prefix}/{key}": value for key, value in arrays.items()})
+        return tables
+
+    def load_tables(self, tables):
+        self.side_coder = ChannelCoder(_prefixed(tables, "side"))
+        self.coder = IndexedCoder(_prefixed(tables, "main"))
+        self.index_network = IntegerNetwork(_prefixed(tables, "hyper_synthesis"),
+                                            self.hyper_synthesis.layers, self.NUM_SCALES)
+
+    def _coding_indexes(self, side_symbols, shape):
+        """int32 scale indexes of the coded elements, from the int32 side symbols."""
+        if self.exact_indexes:
+            indexes = self.index_network(side_symbols)
+        else:
+            side_hat = self.side_coder.dequantize(side_symbols)
+            indexes = tf.clip_by_value(self.hyper_synthesis(side_hat), 0, self.NUM_SCALES - 1)
+            indexes = tf.cast(indexes, tf.int32)  # truncation, as tfc's indexed model
+        return crop_to(indexes, shape)
 
     def compress(self, tensor):
-        """Returns (strings, shapes, dequantized tensor, estimated bits)."""
         shape = tf.shape(tensor)[1:3]
         side_latent = self.hyper_analysis(abs(tensor))
-        side_hat = self.side_coder.quantize(side_latent)
-        _, side_bits = self._side_model(self.side_coder.quantization_offset)(
-            side_latent, training=False)
-        indexes = self._indexes(side_hat, shape)
-        quantized, bits = self.coder(tensor, indexes, training=False)
-        strings = [self.coder.compress(tensor, indexes), self.side_coder.compress(side_latent)]
-        return strings, [shape, tf.shape(side_latent)[1:3]], quantized, bits + side_bits
+        side_symbols = self.side_coder.symbols(side_latent)
+        _, side_bits = self._side_model(self.side_coder.offset)(side_latent, training=False)
+        indexes = self._coding_indexes(side_symbols, shape)
+        symbols = tf.cast(tf.round(tensor), tf.int32)
+        _, bits = self._main_model(compression=False)(
+            tensor, tf.cast(indexes, tf.float32), training=False)
+        strings = [self.coder.encode(symbols, indexes), self.side_coder.encode(side_symbols)]
+        return (strings, [shape, tf.shape(side_latent)[1:3]], tf.cast(symbols, tf.float32),
+                bits + side_bits, [symbols, side_symbols])
 
     def decompress(self, strings, shapes):
-        side_hat = self.side_coder.decompress(strings[1], shapes[1])
-        indexes = self._indexes(side_hat, shapes[0])
-        return self.coder.decompress(strings[0], indexes)
+        side_symbols = self.side_coder.decode(strings[1], shapes[1])
+        symbols = self.coder.decode(strings[0], self._coding_indexes(side_symbols, shapes[0]))
+        return tf.cast(symbols, tf.float32), [symbols, side_symbols]
