@@ -193,7 +193,9 @@ def measure_codec(codec, image, runs, warmup, folder):
 
 def trace_counts(model):
     """(traced coding functions, traces in all): equal when nothing was retraced."""
-    functions = list(model._coding.encoders.values()) + list(model._coding.decoders.values())
+    functions = [f for table in (model._coding.encoders, model._coding.decoders,
+                                 model._coding.analyses, model._coding.syntheses)
+                 for f in table.values()]
     return dict(functions=len(functions),
                 traces=sum(f.experimental_get_tracing_count() for f in functions))
 

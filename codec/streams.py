@@ -12,6 +12,7 @@ from codec import bitstream
 from codec.image import pad_to_multiple, write_file_atomic, write_png
 from models.config import ConfigError
 from models.scalable import PAD_MULTIPLE
+from models.tiling import DEFAULT_TILE
 
 
 def rec_filename(layer_name):
@@ -21,8 +22,9 @@ def rec_filename(layer_name):
 class Codec:
     """A trained model plus what its streams must carry (digests), for one mode."""
 
-    def __init__(self, model):
+    def __init__(self, model, tile=DEFAULT_TILE):
         self.model = model
+        self.tile = tile  # tile side in pixels of the transforms (models/tiling.py); 0: off
         self.config = model.config
         self.config_digest = self.config.digest()
         self.weights_digest = model.weights_digest()
@@ -44,7 +46,7 @@ class Codec:
         with reconstruct=False, which skips the synthesis transforms).
         """
         padded = [pad_to_multiple(level, PAD_MULTIPLE) for level in levels]
-        codes = self.model.compress(padded, reconstruct)
+        codes = self.model.compress(padded, reconstruct, self.tile)
         os.makedirs(folder, exist_ok=True)
         results, parent = [], bitstream.BASE_PARENT_DIGEST
         for k, (name, level, code) in enumerate(zip(self.config.layer_names, levels, codes)):
@@ -81,7 +83,8 @@ class Codec:
 
     def decode_streams(self, folder, streams, last_only=False):
         """Decode already checked streams (from check_streams) into rec PNGs in `folder`."""
-        decoded = self.model.decompress([(s.strings, s.shapes) for s in streams], last_only)
+        decoded = self.model.decompress([(s.strings, s.shapes) for s in streams], last_only,
+                                        self.tile)
         reconstructions = []
         for stream, image in zip(streams, decoded):
             if image is not None:

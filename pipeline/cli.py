@@ -11,6 +11,7 @@ from absl.flags import argparse_flags  # noqa: E402
 
 from models.config import DEFAULTS, ConfigError, ModelConfig  # noqa: E402
 from models.entropy import ENTROPY_MODELS  # noqa: E402
+from models.tiling import DEFAULT_TILE  # noqa: E402
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -148,6 +149,12 @@ def add_eval_flags(parser, mode):
     parser.add_argument("--last_layer_only", action="store_true",
                         help="With --decompress: write only the top decoded layer's PNG "
                              "(skips synthesizing the layers below it; faster).")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                        help="Run the analysis and synthesis transforms over tiles of about "
+                             "this many pixels per side (with overlapping halos, cropped), so "
+                             "that memory stays bounded for large photos; images no larger "
+                             "than a tile are coded whole. 0: never tile. The streams do not "
+                             "depend on it beyond float rounding.")
 
 
 def load_codec(args, mode):
@@ -167,7 +174,7 @@ def load_codec(args, mode):
         filters = [given.pop(name, value) for name, value in zip(saved.layer_names, saved.filters)]
         filters += list(given.values())  # flags of layers the checkpoint does not have
     requested = dict(filters=filters, entropy_model=args.entropy_model)
-    return Codec(load_trained_model(args.checkpoint_dir, mode, **requested))
+    return Codec(load_trained_model(args.checkpoint_dir, mode, **requested), tile=args.tile)
 
 
 def train_from_flags(args, config, dataset):
@@ -195,6 +202,8 @@ def evaluate_from_flags(args, mode, level_reader=None):
     if args.last_layer_only and not args.decompress:
         raise ConfigError("--last_layer_only applies to --decompress only (evaluation "
                           "measures every layer): add --decompress or drop it")
+    if args.tile < 0:
+        raise ConfigError(f"--tile {args.tile} must be 0 (no tiling) or a tile side in pixels")
     inputs = None if args.decompress else list_images(args.input_image)
     codec = load_codec(args, mode)
     if args.decompress:
