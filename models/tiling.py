@@ -17,10 +17,11 @@ import numpy as np
 
 from models.layers import SignalConv2D
 
-# Tile side (full-resolution pixels) when none is given: large enough that a 2 MP image is
-# coded in a few tiles with little halo overhead, small enough that one tile's activations
-# (filters x tile^2 / 4 floats after the first layer) stay a few hundred MB.
-DEFAULT_TILE = 1024
+# Tile side (full-resolution pixels) when none is given. With the paper's filters the peak
+# memory grows with the tile's area (one tile's activations: hundreds of channels at half
+# resolution): a 12 MP encode + decode peaked at 4.7 GiB with 1024-pixel tiles and 3.0 GiB
+# with 768 (bench/large_images.py); smaller tiles cost more halo overhead.
+DEFAULT_TILE = 768
 
 
 def convolutions(transform):
