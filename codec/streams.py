@@ -11,7 +11,7 @@ import os
 
 from codec import bitstream
 from codec.image import pad_to_multiple, write_file_atomic, write_png
-from models.config import ConfigError
+from models.config import DEFAULT_TILE, ConfigError
 from models.scalable import PAD_MULTIPLE, DecodingError
 
 
@@ -22,8 +22,9 @@ def rec_filename(layer_name):
 class Codec:
     """A trained model plus what its streams must carry (digests), for one mode."""
 
-    def __init__(self, model):
+    def __init__(self, model, tile=DEFAULT_TILE):
         self.model = model
+        self.tile = tile  # tile side in pixels of the transforms (models/tiling.py); 0: off
         self.config = model.config
         self.config_digest = self.config.digest()
         self.weights_digest = model.weights_digest()
@@ -47,7 +48,7 @@ class Codec:
         with reconstruct=False, which skips the synthesis transforms).
         """
         padded = [pad_to_multiple(level, PAD_MULTIPLE) for level in levels]
-        codes = self.model.compress(padded, reconstruct)
+        codes = self.model.compress(padded, reconstruct, self.tile)
         os.makedirs(folder, exist_ok=True)
         results, parent = [], bitstream.BASE_PARENT_DIGEST
         for k, (name, level, code) in enumerate(zip(self.config.layer_names, levels, codes)):
@@ -96,7 +97,7 @@ class Codec:
 
         try:
             decoded = self.model.decode_layers([(s.strings, s.shapes) for s in streams],
-                                               last_only)
+                                               last_only, self.tile)
         except DecodingError as error:
             stream = next(s for s in streams if s.layer_name == error.layer_name)
             raise bitstream.BitstreamError(

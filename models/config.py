@@ -14,6 +14,11 @@ CONFIG_NAME = "config.json"
 # The analysis transform's total stride (four stride-2 convolutions): coded images and training
 # patches are multiples of it.
 DOWNSAMPLING = 16
+# Tile side (full-resolution pixels) when none is given. With the paper's filters the peak
+# memory grows with the tile's area (one tile's activations: hundreds of channels at half
+# resolution): a 12 MP encode + decode peaked at 4.7 GiB with 1024-pixel tiles and 3.0 GiB
+# with 768 (bench/large_images.py); smaller tiles cost more halo overhead.
+DEFAULT_TILE = 768
 MODES = ("quality", "spatial")
 # Entropy model name -> module that registers it (models/entropy/base.py); first = default.
 ENTROPY_MODELS = {

@@ -13,6 +13,7 @@ import types
 import numpy as np
 import tensorflow as tf
 
+from models import tiling
 from models.config import DOWNSAMPLING
 from models.entropy import make_entropy_model
 from models.entropy.coding import tables_digest
@@ -59,8 +60,8 @@ class ScalableModel(tf.keras.Model):
         self.entropy = [make_entropy_model(config.entropy_model, f, name=f"entropy_{n}")
                         for n, f in zip(names, filters)]
         # Traced coding functions, one per layer; a plain namespace so Keras does not track it.
-        self._coding = types.SimpleNamespace(encoders={}, decoders={}, ready=False,
-                                             tables_digest=None)
+        self._coding = types.SimpleNamespace(encoders={}, decoders={}, analyses={},
+                                              syntheses={}, ready=False, tables_digest=None)
         # Dtype of the convolution ops in train_step (layers.PRECISIONS); weights stay float32
         # and coding always runs in float32.
         self.training_precision = "float32"
@@ -185,8 +186,9 @@ class ScalableModel(tf.keras.Model):
             entropy_model.load_tables({key[len(prefix):]: value for key, value in tables.items()
                                        if key.startswith(prefix)})
         set_kernels_frozen(self, True)
-        self._coding.encoders.clear()
-        self._coding.decoders.clear()
+        for table in (self._coding.encoders, self._coding.decoders,
+                      self._coding.analyses, self._coding.syntheses):
+            table.clear()
         self._coding.tables_digest = tables_digest(tables)
         self._coding.ready = True
 
@@ -195,55 +197,76 @@ class ScalableModel(tf.keras.Model):
         self._check_coding()
         return self._coding.tables_digest
 
-    def _encode_layer(self, k, reconstruct, level, context=None):
-        level = tf.cast(level, tf.float32)[None] / 255.0
-        latent = self.analysis[k](level)
+    def _encode_layer(self, k, latent, context=None):
         prediction = 0.0 if k == 0 else self.predict_latent(k, context, tf.shape(latent)[1:3])
         strings, shapes, residual_hat, bits, symbols = self.entropy[k].compress(
             latent - prediction)
         context = self.extend_context(context, prediction + residual_hat, k)
-        reconstruction = to_uint8(self.synthesis[k](context)) if reconstruct else None
-        return strings, shapes, bits[0], symbols, context, reconstruction
+        return strings, shapes, bits[0], symbols, context
 
-    def _decode_layer(self, k, reconstruct, strings, shapes, context=None):
+    def _decode_layer(self, k, strings, shapes, context=None):
         residual_hat, symbols = self.entropy[k].decompress(strings, shapes)
         latent_hat = residual_hat if k == 0 else (
             self.predict_latent(k, context, shapes[0]) + residual_hat)
-        context = self.extend_context(context, latent_hat, k)
-        return symbols, context, to_uint8(self.synthesis[k](context)) if reconstruct else None
+        return symbols, self.extend_context(context, latent_hat, k)
 
-    def _coder(self, table, layer_function, k, reconstruct, specs):
-        """The traced coding function of layer k (with or without its synthesis), cached."""
-        if k > 0:
-            specs = specs + [tf.TensorSpec((1, None, None, self.context_channels(k - 1)),
-                                           tf.float32)]
-        if (k, reconstruct) not in table:
-            table[k, reconstruct] = tf.function(
-                lambda *args: layer_function(k, reconstruct, *args), input_signature=specs)
-        return table[k, reconstruct]
+    def _traced(self, table, k, function, specs):
+        """The traced function of layer k in `table`, made once (shapes relaxed: any size)."""
+        if k not in table:
+            table[k] = tf.function(lambda *args: function(k, *args), input_signature=specs)
+        return table[k]
 
-    def _encoder(self, k, reconstruct):
-        return self._coder(self._coding.encoders, self._encode_layer, k, reconstruct,
-                           [tf.TensorSpec((None, None, 3), tf.uint8)])
+    def _context_spec(self, k):
+        return tf.TensorSpec((1, None, None, self.context_channels(k)), tf.float32)
 
-    def _decoder(self, k, reconstruct):
+    def _encoder(self, k):
+        specs = [tf.TensorSpec((1, None, None, self.config.filters[k]), tf.float32)]
+        return self._traced(self._coding.encoders, k, self._encode_layer,
+                            specs + ([self._context_spec(k - 1)] if k > 0 else []))
+
+    def _decoder(self, k):
         entropy_model = self.entropy[k]
-        return self._coder(self._coding.decoders, self._decode_layer, k, reconstruct,
-                           [[tf.TensorSpec((1,), tf.string)] * entropy_model.num_strings,
-                            entropy_model.shape_specs()])
+        specs = [[tf.TensorSpec((1,), tf.string)] * entropy_model.num_strings,
+                 entropy_model.shape_specs()]
+        return self._traced(self._coding.decoders, k, self._decode_layer,
+                            specs + ([self._context_spec(k - 1)] if k > 0 else []))
 
     def coding_trace_counts(self):
         """How many traced coding functions exist and how often they were traced in all;
         the two are equal when nothing was retraced."""
-        functions = [*self._coding.encoders.values(), *self._coding.decoders.values()]
+        functions = [f for table in (self._coding.encoders, self._coding.decoders,
+                                     self._coding.analyses, self._coding.syntheses)
+                     for f in table.values()]
         return dict(functions=len(functions),
                     traces=sum(f.experimental_get_tracing_count() for f in functions))
+
+    def _analyse(self, k, level, tile):
+        """Layer k's latent (numpy, 1 x h/16 x w/16 x F) of a uint8 HxWx3 level, tiled."""
+        function = self._traced(
+            self._coding.analyses, k,
+            lambda k, image: self.analysis[k](tf.cast(image, tf.float32) / 255.0),
+            [tf.TensorSpec((1, None, None, 3), tf.uint8)])
+        transform = self.analysis[k]
+        down, _ = tiling.total_stride(transform)
+        return tiling.apply_tiled(function, np.asarray(level)[None], tile,
+                                  tiling.halo(transform, down), down, 1 / down)
+
+    def _synthesize(self, k, context, tile):
+        """Layer k's uint8 image (padded size) from its context, tiled."""
+        function = self._traced(
+            self._coding.syntheses, k,
+            lambda k, c: to_uint8(self.synthesis[k](c))[None], [self._context_spec(k)])
+        transform = self.synthesis[k]
+        _, up = tiling.total_stride(transform)
+        image = tiling.apply_tiled(function, np.asarray(context), tile and max(1, tile // up),
+                                   tiling.halo(transform, 1), 1, up)
+        return image[0]
 
     def _check_coding(self):
         if not self._coding.ready:
             raise RuntimeError("call prepare_coding() after loading the weights")
 
-    def compress(self, levels, reconstruct=True):
+    def compress(self, levels, reconstruct=True, tile=tiling.DEFAULT_TILE):
         """Code every layer.
 
         levels: one uint8 HxWx3 array per layer (sides multiples of PAD_MULTIPLE).
@@ -252,34 +275,38 @@ class ScalableModel(tf.keras.Model):
         symbols it codes) and `reconstruction` (uint8, padded size),
         the exact image a decoder of the same weights produces. reconstruct=False skips
         the synthesis transforms (a sender needs only the streams): `reconstruction` is None.
+        tile: side in pixels of the tiles the analysis and synthesis transforms run over
+        (models/tiling.py; 0 or None: the whole image at once). The streams do not depend on
+        it beyond float rounding.
         """
         self._check_coding()
         codes, context = [], None
         for k, level in enumerate(levels):
-            args = [tf.convert_to_tensor(level, tf.uint8)] + ([] if k == 0 else [context])
-            strings, shapes, bits, symbols, context, reconstruction = \
-                self._encoder(k, reconstruct)(*args)
+            latent = tf.constant(self._analyse(k, level, tile))
+            args = [latent] + ([] if k == 0 else [context])
+            strings, shapes, bits, symbols, context = self._encoder(k)(*args)
             codes.append(dict(
                 strings=[s.numpy()[0] for s in strings],
                 shapes=[int(v) for shape in shapes for v in shape.numpy()],
                 bits=float(bits), symbols=[s.numpy() for s in symbols],
-                reconstruction=None if reconstruction is None else reconstruction.numpy()))
+                reconstruction=self._synthesize(k, context, tile) if reconstruct else None))
         return codes
 
-    def decompress(self, codes, last_only=False):
+    def decompress(self, codes, last_only=False, tile=tiling.DEFAULT_TILE):
         """Decode the first len(codes) layers: one uint8 reconstruction (padded size) per layer,
         None where last_only=True skips it (see decode_layers)."""
-        return [layer["reconstruction"] for layer in self.decode_layers(codes, last_only)]
+        return [layer["reconstruction"] for layer in self.decode_layers(codes, last_only, tile)]
 
-    def decode_layers(self, codes, last_only=False):
+    def decode_layers(self, codes, last_only=False, tile=tiling.DEFAULT_TILE):
         """Decode the first len(codes) layers from (strings, flat shapes) pairs.
 
         Uses no analysis transform and nothing of the layers above. Returns per decoded layer
         a dict: `symbols` (per string the int32 array the entropy decoder produced) and
         `reconstruction` (uint8, padded size); with last_only=True only the top layer is
         synthesized (the lower layers' latents are still decoded: they are its context) and
-        the other reconstructions are None. A TensorFlow error while decoding layer k (a
-        damaged or desynchronised stream) raises DecodingError naming the layer.
+        the other reconstructions are None. tile: as in compress. A TensorFlow error while
+        decoding layer k (a damaged or desynchronised stream) raises DecodingError naming the
+        layer.
         """
         self._check_coding()
         layers, context = [], None
@@ -297,10 +324,10 @@ class ScalableModel(tf.keras.Model):
                 args.append(context)
             reconstruct = not last_only or k == len(codes) - 1
             try:
-                symbols, context, reconstruction = self._decoder(k, reconstruct)(*args)
+                symbols, context = self._decoder(k)(*args)
             except tf.errors.OpError as error:
                 raise DecodingError(name, error) from None
             layers.append(dict(
                 symbols=[s.numpy() for s in symbols],
-                reconstruction=None if reconstruction is None else reconstruction.numpy()))
+                reconstruction=self._synthesize(k, context, tile) if reconstruct else None))
         return layers

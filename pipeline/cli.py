@@ -10,8 +10,8 @@ import sys
 from absl import app
 from absl.flags import argparse_flags
 
-from models.config import (DEFAULTS, DOWNSAMPLING, ENTROPY_MODELS, ConfigError, ModelConfig,
-                           SettingsError, layer_names)
+from models.config import (DEFAULT_TILE, DEFAULTS, DOWNSAMPLING, ENTROPY_MODELS, ConfigError,
+                           ModelConfig, SettingsError, layer_names)
 from pipeline.locking import DirectoryLock
 
 # TensorFlow prints CUDA/cuDNN registration noise at import; keep the console for our output.
@@ -197,6 +197,12 @@ def add_eval_flags(parser, mode):
                         help="With --decompress: write only the top decoded layer's PNG "
                              "(skips synthesizing the layers below it; faster).")
     _add_break_lock_flag(parser, "--output_folder")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                        help="Run the analysis and synthesis transforms over tiles of about "
+                             "this many pixels per side (with overlapping halos, cropped), so "
+                             "that memory stays bounded for large photos; images no larger "
+                             "than a tile are coded whole. 0: never tile. The streams do not "
+                             "depend on it beyond float rounding.")
 
 
 def load_codec(args, mode):
@@ -222,7 +228,7 @@ def load_codec(args, mode):
         filters = [given.pop(name, value) for name, value in zip(saved.layer_names, saved.filters)]
         filters += list(given.values())  # flags of layers the checkpoint does not have
     requested = dict(filters=filters, entropy_model=args.entropy_model)
-    return Codec(load_trained_model(args.checkpoint_dir, mode, **requested))
+    return Codec(load_trained_model(args.checkpoint_dir, mode, **requested), tile=args.tile)
 
 
 def train_from_flags(args, config, dataset):
@@ -257,6 +263,8 @@ def evaluate_from_flags(args, mode, level_reader=None):
     if args.last_layer_only and not args.decompress:
         raise ConfigError("--last_layer_only applies to --decompress only (evaluation "
                           "measures every layer): add --decompress or drop it")
+    if args.tile < 0:
+        raise ConfigError(f"--tile {args.tile} must be 0 (no tiling) or a tile side in pixels")
     inputs = None if args.decompress else list_images(args.input_image)
     with DirectoryLock(args.output_folder, "written", "--output_folder", args.break_lock):
         codec = load_codec(args, mode)

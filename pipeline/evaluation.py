@@ -94,6 +94,17 @@ def format_table(layers):
     return "\n".join(lines)
 
 
+def _duration(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def progress(done, total, elapsed):
+    """'[done/total] elapsed h:mm:ss, ETA h:mm:ss' (the ETA from the mean time per image)."""
+    remaining = elapsed / done * (total - done)
+    return f"[{done}/{total}] elapsed {_duration(elapsed)}, ETA {_duration(remaining)}"
+
+
 def output_folders(inputs, output_folder):
     """Where each input's files go: `output_folder` itself for a single input, else
     `output_folder/<stem>`; inputs sharing a stem (photo.png, photo.jpg) keep their whole file
@@ -128,6 +139,7 @@ def evaluate(codec, inputs, output_folder, num_layers=None, make_levels=None):
     num_layers = codec.check_num_layers(num_layers)
     make_levels = make_levels or (lambda path: [read_image(path)] * codec.config.num_layers)
     results, skipped = [], []
+    started = time.monotonic()
     for index, (path, folder) in enumerate(zip(inputs, output_folders(inputs, output_folder))):
         try:
             levels = make_levels(path)
@@ -150,8 +162,9 @@ def evaluate(codec, inputs, output_folder, num_layers=None, make_levels=None):
         layers = measure(codec, levels[:num_layers], encoded[:num_layers], reconstructions)
         height, width = levels[-1].shape[:2]
         results.append(dict(image=path, height=height, width=width, layers=layers))
-        print(f"[{index + 1}/{len(inputs)}] {path} ({width}x{height}) -> {folder}  "
-              f"encode {encode_seconds:.2f} s, decode {decode_seconds:.2f} s", flush=True)
+        print(f"{progress(index + 1, len(inputs), time.monotonic() - started)} {path} "
+              f"({width}x{height}) -> {folder}  encode {encode_seconds:.2f} s, "
+              f"decode {decode_seconds:.2f} s", flush=True)
         print(format_table(layers), flush=True)
     if not results:
         raise ImageError(f"none of the {len(inputs)} images could be read (see the 'skipped' "

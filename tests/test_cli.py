@@ -69,6 +69,12 @@ def runs(helps, tiny_checkpoints, inputs, tmp_path_factory):
         "mismatch": start_script("eval_quality.py", "--input_image", inputs / "dot.png",
                                  "--output_folder", out / "mismatch", "--num_filters_B", "16",
                                  "--checkpoint_dir", tiny_checkpoints.quality_dir),
+        "spatial_tiled": start_script("eval_spatial.py", "--input_image", inputs / "big.png",
+                                      "--output_folder", out / "spatial_tiled", "--tile", "64",
+                                      "--checkpoint_dir", tiny_checkpoints.spatial_dir),
+        "bad_tile": start_script("eval_quality.py", "--input_image", inputs / "dot.png",
+                                 "--output_folder", out / "bad_tile", "--tile", "-1",
+                                 "--checkpoint_dir", tiny_checkpoints.quality_dir),
     }
     results = {"quality": finish(processes.pop("quality"))}
     if results["quality"].returncode == 0:
@@ -86,6 +92,12 @@ def runs(helps, tiny_checkpoints, inputs, tmp_path_factory):
         processes["top_only"] = start_script(
             "eval_quality.py", "--decompress", "--last_layer_only", "--output_folder",
             top_only, "--checkpoint_dir", tiny_checkpoints.quality_dir)
+        tiled = receiver / "tiled"
+        shutil.copytree(full, tiled)
+        processes["tiled"] = start_script(
+            "eval_quality.py", "--decompress", "--num_layers", "2", "--last_layer_only",
+            "--tile", "48", "--output_folder", tiled,
+            "--checkpoint_dir", tiny_checkpoints.quality_dir)
         processes["base_only"] = start_script(
             "eval_quality.py", "--decompress", "--num_layers", "1",
             "--output_folder", base_only, "--checkpoint_dir", tiny_checkpoints.quality_dir)
@@ -285,3 +297,32 @@ def test_eval_spatial_resample_flag_picks_the_pyramid_filter(tmp_path, resample)
     levels = eval_spatial.level_reader(args, 3)(str(path))
     for level, expected in zip(levels, pyramid(image, 3, resample)):
         np.testing.assert_array_equal(level, expected)
+
+
+def test_tiled_decode_and_tiled_spatial_eval_match_whole_image_coding(evals, decompressed):
+    """--tile in a fresh process: tiled decode of streams coded whole (--num_layers,
+    --last_layer_only), and a tiled spatial evaluation; pixels within 1 level of whole-image
+    coding (float rounding only), and the spatial streams' sizes within a few bytes."""
+    out, results = evals
+    receiver, decoded = decompressed
+    assert decoded["tiled"].returncode == 0, describe(decoded["tiled"])
+    assert _files(receiver / "tiled" / "big") == ["rec_e1.png", "stream_B.tfci",
+                                                  "stream_e1.tfci"]
+    whole = _read_png(out / "quality" / "big" / "rec_e1.png").astype(int)
+    assert np.abs(_read_png(receiver / "tiled" / "big" / "rec_e1.png") - whole).max() <= 1
+    assert results["spatial_tiled"].returncode == 0, describe(results["spatial_tiled"])
+    for layer in ("B", "e1", "e2"):
+        tiled = out / "spatial_tiled" / f"rec_{layer}.png"
+        untiled = out / "spatial" / "big" / f"rec_{layer}.png"
+        assert np.abs(_read_png(tiled).astype(int) - _read_png(untiled)).max() <= 1
+        sizes = [os.path.getsize(folder / f"stream_{layer}.tfci")
+                 for folder in (out / "spatial_tiled", out / "spatial" / "big")]
+        assert abs(sizes[0] - sizes[1]) <= 4, sizes
+
+
+def test_negative_tile_fails_with_one_line(evals):
+    _, results = evals
+    result = results["bad_tile"]
+    assert result.returncode == 1, describe(result)
+    assert result.stderr.strip().splitlines() == [
+        "error: --tile -1 must be 0 (no tiling) or a tile side in pixels"]

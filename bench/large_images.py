@@ -1,0 +1,182 @@
+"""Camera-size photos: peak memory and time of tiled coding, and MS-SSIM speed (issue 11).
+
+    nice .venv/bin/python -m bench.large_images [--sizes 1728x1152,4000x3000,6000x4000]
+        [--out bench/results/large_images.json]
+
+The quality-scalable model with the paper's filters (96, 120, 144, 196) and the hyperprior,
+untrained (memory and time do not depend on training). The inputs are a real photo (Kodak's
+kodim01 when present, else scikit-image's astronaut) upscaled to each size.
+
+- per size, in a fresh subprocess: peak RSS (VmHWM) of encode (streams and every layer's
+  reconstruction, as eval_quality.py) + decode of all layers, through codec.streams.Codec with
+  the default tile (models/tiling.py), and the encode and decode seconds per megapixel;
+- at the first size (2 MP): the tiled/whole time ratio (encode with reconstructions, and
+  decode), whole (tile 0) and tiled alternating in one process, median of --runs;
+- MS-SSIM of a 12 MP image: pipeline/metrics.ms_ssim against eager tf.image.ssim_multiscale
+  (what metrics.py did before), and both values.
+
+Writes JSON after each part (a later failure keeps what was measured).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from bench.speed import (DEFAULT_FILTERS, DEFAULT_IMAGE, build_codec, median_time,  # noqa: E402
+                         peak_rss_mib)
+
+DEFAULT_SIZES = "1728x1152,4000x3000,6000x4000"  # 2, 12 and 24 MP
+
+
+def photo(width, height, path=DEFAULT_IMAGE):
+    """A real photo (uint8) upscaled to width x height (bicubic)."""
+    import numpy as np
+    from PIL import Image
+    if not os.path.exists(path):
+        from pipeline.sample_photos import data_folder
+        path = os.path.join(data_folder(), "astronaut.png")
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB").resize((width, height), Image.BICUBIC))
+
+
+def code_child(width, height, tile):
+    """In a fresh process: encode (with reconstructions) + decode every layer; JSON line."""
+    codec = build_codec(DEFAULT_FILTERS, (250.0, 100.0, 50.0, 25.0), "hyperprior")
+    codec.tile = tile
+    image = photo(width, height)
+    result = dict(size=f"{width}x{height}", megapixels=width * height / 1e6, tile=tile)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        encoded = codec.encode([image] * len(DEFAULT_FILTERS), folder)
+        result["encode_s"] = time.perf_counter() - start
+        result["stream_bytes"] = [size for size, _, _ in encoded]
+        del encoded
+        start = time.perf_counter()
+        codec.decode(folder)
+        result["decode_s"] = time.perf_counter() - start
+    result["peak_rss_mib"] = peak_rss_mib()
+    for key in ("encode", "decode"):
+        result[f"{key}_s_per_mp"] = result[f"{key}_s"] / result["megapixels"]
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_child(width, height, tile):
+    cmd = [sys.executable, "-m", "bench.large_images", "--child", f"{width}x{height}",
+           "--tile", str(tile)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        killed = " (killed: out of memory?)" if proc.returncode in (-9, 137) else ""
+        return dict(size=f"{width}x{height}", tile=tile,
+                    error=f"exit {proc.returncode}{killed}: {(proc.stderr or proc.stdout)[-800:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def tiled_over_whole(width, height, tile, runs):
+    """Encode (with reconstructions) and decode times, whole image vs tiled, alternating."""
+    codec = build_codec(DEFAULT_FILTERS, (250.0, 100.0, 50.0, 25.0), "hyperprior")
+    image = photo(width, height)
+    levels = [image] * len(DEFAULT_FILTERS)
+    times = {"whole": dict(encode=[], decode=[]), "tiled": dict(encode=[], decode=[])}
+    with tempfile.TemporaryDirectory() as folder:
+        for run in range(runs + 1):  # the first round traces: not counted
+            for name, value in (("whole", 0), ("tiled", tile)):
+                codec.tile = value
+                encode_s, _, _ = median_time(lambda: codec.encode(levels, folder), 1, 0)
+                decode_s, _, _ = median_time(lambda: codec.decode(folder), 1, 0)
+                if run:
+                    times[name]["encode"].append(encode_s)
+                    times[name]["decode"].append(decode_s)
+    import statistics
+    out = dict(size=f"{width}x{height}", tile=tile, runs=runs, times=times)
+    for part in ("encode", "decode"):
+        out[f"{part}_ratio"] = (statistics.median(times["tiled"][part])
+                                / statistics.median(times["whole"][part]))
+    out["total_ratio"] = (
+        statistics.median([e + d for e, d in zip(times["tiled"]["encode"], times["tiled"]["decode"])])
+        / statistics.median([e + d for e, d in zip(times["whole"]["encode"], times["whole"]["decode"])]))
+    return out
+
+
+def ms_ssim_speed(width, height, runs):
+    """pipeline.metrics.ms_ssim vs eager tf.image.ssim_multiscale on a width x height image
+    and a JPEG-compressed copy of it."""
+    import io
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+    from pipeline import metrics
+    reference = photo(width, height)
+    buffer = io.BytesIO()
+    Image.fromarray(reference).save(buffer, "JPEG", quality=40)
+    decoded = np.asarray(Image.open(buffer).convert("RGB"))
+    new_s, _, new = median_time(lambda: metrics.ms_ssim(reference, decoded), runs, 1)
+
+    def eager():
+        return float(tf.image.ssim_multiscale(tf.constant(reference, tf.float32),
+                                              tf.constant(decoded, tf.float32), 255.0,
+                                              filter_size=metrics.MS_SSIM_FILTER_SIZE))
+    eager_s, _, old = median_time(eager, runs, 0)
+    return dict(size=f"{width}x{height}", runs=runs, compiled_s=new_s, eager_s=eager_s,
+                speedup=eager_s / new_s, compiled_value=new, eager_value=old,
+                difference=new - old)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default=DEFAULT_SIZES)
+    p.add_argument("--tile", type=int, default=None, help="default: models.tiling.DEFAULT_TILE")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--ms_ssim_size", default="4000x3000", help="WxH; 'none' skips it")
+    p.add_argument("--skip_ratio", action="store_true")
+    p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "large_images.json"))
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from models.tiling import DEFAULT_TILE
+    tile = DEFAULT_TILE if args.tile is None else args.tile
+    if args.child:
+        code_child(*(int(v) for v in args.child.split("x")), tile)
+        return 0
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    report = dict(filters=list(DEFAULT_FILTERS), entropy_model="hyperprior", tile=tile,
+                  command=" ".join(sys.argv), started=time.strftime("%Y-%m-%d %H:%M:%S"),
+                  load_average_start=os.getloadavg(), memory=[])
+
+    def save():
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(report, f, indent=2)
+
+    for width, height in sizes:  # memory first, while this process is small
+        result = run_child(width, height, tile)
+        report["memory"].append(result)
+        print(json.dumps(result), flush=True)
+        save()
+    peaks = [r.get("peak_rss_mib") for r in report["memory"][1:]]
+    if len(peaks) == 2 and all(peaks):
+        report["peak_growth_12_to_24_mp"] = peaks[1] / peaks[0]
+    if not args.skip_ratio:
+        report["tiled_over_whole"] = tiled_over_whole(*sizes[0], tile, args.runs)
+        print(json.dumps(report["tiled_over_whole"]), flush=True)
+        save()
+    if args.ms_ssim_size != "none":
+        report["ms_ssim"] = ms_ssim_speed(*(int(v) for v in args.ms_ssim_size.split("x")),
+                                          args.runs)
+        print(json.dumps(report["ms_ssim"]), flush=True)
+    report["load_average_end"] = os.getloadavg()
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

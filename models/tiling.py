@@ -1,0 +1,99 @@
+"""Tiled application of the analysis and synthesis transforms, for images of any size.
+
+A transform is run over overlapping tiles: each tile carries a halo at least as wide as the
+transform's reach (how far, in input samples, a change can travel to an output sample), the
+halo's outputs are cropped away, and the kept parts are written into one output array. The
+kept outputs then equal those of the whole image up to float rounding, while the transform's
+intermediate activations (hundreds of channels at 1/2 resolution) only ever exist for one
+tile. The reach is derived from the convolutions themselves (kernel supports and strides).
+
+This is pure network code (a function of Keras layers and numpy arrays), so it lives with the
+model: the model's coding functions call it, and imports run codec -> models only.
+"""
+
+import math
+
+import numpy as np
+
+from models.config import DEFAULT_TILE  # noqa: F401 (the default of every tile argument)
+from models.layers import SignalConv2D
+
+
+
+def convolutions(transform):
+    """The SignalConv2D layers of a transform, in the order they are applied."""
+    return [layer for layer in transform.layers if isinstance(layer, SignalConv2D)]
+
+
+def total_stride(transform):
+    """(downsampling, upsampling) factor of a chain of convolutions, per side."""
+    down = up = 1
+    for layer in convolutions(transform):
+        down *= layer.strides_down[0]
+        up *= layer.strides_up[0]
+    return down, up
+
+
+def reach(transform):
+    """How far (in input samples) a change of one input sample can travel, either side.
+
+    Walks the convolutions in order, tracking the size of one sample of the current layer's
+    input in units of the transform's input. A correlation with an odd kernel k and "same"
+    padding reaches (k - 1) / 2 of its input samples; an upsampling convolution by s reaches
+    (k - 1) / 2 of its output samples, plus up to (s - 1) / s of an input sample for where
+    the upsampled grid places its input. GDN mixes channels only and adds no reach.
+    """
+    total, unit = 0.0, 1.0
+    for layer in convolutions(transform):
+        half = (max(layer.kernel_support) - 1) / 2
+        down, up = layer.strides_down[0], layer.strides_up[0]
+        total += (half / up + (up - 1) / up) * unit
+        unit = unit * down / up
+    return total
+
+
+def halo(transform, align):
+    """The halo (input samples per side) of a tiled transform: its reach rounded up to a
+    multiple of `align`, so that tiles and their halos start on the transform's grid."""
+    return int(math.ceil(reach(transform) / align) * align)
+
+
+def spans(size, tile, align):
+    """Split [0, size) into near-equal spans of at most about `tile`, starting on multiples of
+    `align` (the last span ends at size). One span when tile is 0 or None or >= size."""
+    if not tile or tile >= size:
+        return [(0, size)]
+    count = math.ceil(size / tile)
+    step = math.ceil(size / count / align) * align
+    return [(start, min(start + step, size)) for start in range(0, size, step)]
+
+
+def apply_tiled(function, inputs, tile, halo_size, align, scale):
+    """function applied to the (1, H, W, C) array `inputs`, over tiles; a numpy result.
+
+    function: (1, h, w, C) -> (1, h * scale, w * scale, C') for every tile shape, with
+    outputs that depend on inputs within `halo_size` samples only. tile, halo_size and align
+    are in input samples (tile 0 or None: the whole input at once, as one call); scale is the
+    output/input size ratio (1/16 for an analysis, 16 for a synthesis). Tiles start on
+    multiples of `align`, so that output positions fall on whole output samples.
+    """
+    height, width = inputs.shape[1:3]
+    rows, cols = spans(height, tile, align), spans(width, tile, align)
+    if len(rows) == 1 and len(cols) == 1:
+        return np.asarray(function(inputs))
+    output = None
+    for top, bottom in rows:
+        for left, right in cols:
+            t, l = max(0, top - halo_size), max(0, left - halo_size)
+            b, r = min(height, bottom + halo_size), min(width, right + halo_size)
+            result = np.asarray(function(inputs[:, t:b, l:r]))
+            if output is None:
+                output = np.empty((1, round(height * scale), round(width * scale),
+                                   result.shape[3]), result.dtype)
+            out_top, out_left = round(top * scale), round(left * scale)
+            out_bottom, out_right = round(bottom * scale), round(right * scale)
+            skip_top, skip_left = round((top - t) * scale), round((left - l) * scale)
+            output[:, out_top:out_bottom, out_left:out_right] = result[
+                :, skip_top:skip_top + out_bottom - out_top,
+                skip_left:skip_left + out_right - out_left]
+    return output
