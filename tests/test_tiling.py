@@ -112,12 +112,9 @@ def test_tiled_coding_matches_whole_image_coding(mode):
         assert w["shapes"] == t["shapes"]
         lengths = [len(s) for s in w["strings"]], [len(s) for s in t["strings"]]
         assert all(abs(a - b) <= 4 for a, b in zip(*lengths)), lengths
-        # Entropy-decoded symbols of each stream (the residuals, with the side information).
-        entropy = model.entropy[k]
-        shapes = [tf.constant(w["shapes"][2 * i:2 * i + 2]) for i in range(entropy.num_strings)]
-        decoded = [entropy.decompress([tf.constant([s]) for s in code["strings"]], shapes)
-                   for code in (w, t)]
-        differing_symbols += int(np.count_nonzero(decoded[0].numpy() != decoded[1].numpy()))
+        # Coded symbols of each stream (the residuals, with the side information).
+        differing_symbols += sum(int(np.count_nonzero(a != b)) if a.shape == b.shape else a.size
+                                 for a, b in zip(w["symbols"], t["symbols"]))
         assert np.abs(w["reconstruction"].astype(int) - t["reconstruction"]).max() <= 1
     symbols = sum(np.prod(code["shapes"][:2]) * f for code, f in zip(whole, model.config.filters))
     assert differing_symbols <= 0.001 * symbols, (differing_symbols, symbols)

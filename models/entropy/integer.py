@@ -42,7 +42,8 @@ def quantize_network(convs, input_offset):
 
     convs: the float layers (their frozen or trainable kernels are read once, here).
     input_offset: per-channel quantization offset of the side symbols (float).
-    Returns a dict of int64 arrays: kernel_<l>, bias_<l>, shift_<l>, and input_offset.
+    Returns a dict of integer arrays: kernel_<l> (int16: |W| <= 2^14), bias_<l>, shift_<l>
+    and input_offset (int64).
     Raises ValueError when a layer's weights cannot be represented within the bound.
     """
     arrays = dict(input_offset=np.round(
@@ -64,7 +65,7 @@ def quantize_network(convs, input_offset):
             if _magnitude_bound(integer_kernel, integer_bias, input_max, divisor) < EXACT_BOUND:
                 break
             shift -= 1
-        arrays[f"kernel_{index}"] = integer_kernel.astype(np.int64)
+        arrays[f"kernel_{index}"] = integer_kernel.astype(np.int16)
         arrays[f"bias_{index}"] = integer_bias.astype(np.int64)
         arrays[f"shift_{index}"] = np.array(shift, np.int64)
         input_max = ACTIVATION_MAX
@@ -81,7 +82,8 @@ class IntegerNetwork:
         self.layers = []
         input_max = INPUT_MAX
         for index in range(len(convs)):
-            kernel, bias = arrays[f"kernel_{index}"], arrays[f"bias_{index}"]
+            kernel = np.asarray(arrays[f"kernel_{index}"], np.int64)
+            bias = arrays[f"bias_{index}"]
             shift = int(arrays[f"shift_{index}"])
             last = index == len(convs) - 1
             divisor = 2 ** (ACTIVATION_BITS + shift if last else shift)
