@@ -121,6 +121,9 @@ class ScalableModel(tf.keras.Model):
         with tf.GradientTape() as tape:
             outputs = self(inputs, training=True)
             loss, metrics = self.loss_terms(inputs, outputs)
+            # Under tf.distribute the replicas' gradients are summed: dividing by their count
+            # gives the gradient of the loss averaged over the global batch.
+            loss /= tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
