@@ -108,15 +108,9 @@ def _next_batch(iterator, step, manager, first=False):
                             f"({manager.latest_checkpoint or 'none'})") from None
 
 
-def _restore(checkpoint, state, path):
-    """Restore `path` into `checkpoint`; one made without the data iterator (under a
-    tf.distribute strategy) restores the model and optimizer only."""
-    saved = {name for name, _ in tf.train.list_variables(path)}
-    if "data" in checkpoint._trackable_children() and not any(
-            name.startswith("data/") for name in saved):
-        print("the checkpoint holds no data-iterator position (made under --strategy "
-              "mirrored/multi_worker): the data order starts afresh", flush=True)
-        checkpoint = tf.train.Checkpoint(**state)
+def _restore(checkpoint, path):
+    """Restore `path` into `checkpoint` (one made under a tf.distribute strategy holds no
+    data-iterator position: the data order then starts afresh)."""
     try:
         checkpoint.restore(path).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
@@ -166,7 +160,7 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
     checkpoint = tf.train.Checkpoint(**state, **({} if strategy else dict(data=iterator)))
     latest = latest_checkpoint(checkpoint_dir)
     if latest:
-        _restore(checkpoint, state, latest)
+        _restore(checkpoint, latest)
         print(f"resuming from step {int(optimizer.iterations.numpy())}", flush=True)
     manager = tf.train.CheckpointManager(checkpoint, write_dir, MAX_CHECKPOINTS,
                                          step_counter=optimizer.iterations)
