@@ -108,9 +108,12 @@ def _next_batch(iterator, step, manager, first=False):
                             f"({manager.latest_checkpoint or 'none'})") from None
 
 
-def _restore(checkpoint, path):
-    """Restore `path` into `checkpoint` (one made under a tf.distribute strategy holds no
-    data-iterator position: the data order then starts afresh)."""
+def _restore(checkpoint, state, path):
+    """Restore `path` into `checkpoint`. One made under a tf.distribute strategy holds no
+    data-iterator position: then the model and optimizer (`state`) only, the data order
+    starts afresh."""
+    if not any(name.startswith("data/") for name, _ in tf.train.list_variables(path)):
+        checkpoint = tf.train.Checkpoint(**state)
     try:
         checkpoint.restore(path).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
@@ -160,7 +163,7 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
     checkpoint = tf.train.Checkpoint(**state, **({} if strategy else dict(data=iterator)))
     latest = latest_checkpoint(checkpoint_dir)
     if latest:
-        _restore(checkpoint, latest)
+        _restore(checkpoint, state, latest)
         print(f"resuming from step {int(optimizer.iterations.numpy())}", flush=True)
     manager = tf.train.CheckpointManager(checkpoint, write_dir, MAX_CHECKPOINTS,
                                          step_counter=optimizer.iterations)

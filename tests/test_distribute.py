@@ -86,9 +86,7 @@ def test_multi_worker_trains_resumes_and_fails_cleanly(images, tmp_path):
     for process, (out, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-2000:]
     assert "done: step 4" in outputs[0][0]
-    assert sorted(os.listdir(directory)) == ['.lock', 'checkpoint', 'ckpt-4.data-00000-of-00001',
-                                            'ckpt-4.index', 'config.json', 'train'] or \
-        os.path.exists(directory / "ckpt-4.index")
+    assert os.path.exists(directory / "ckpt-4.index")  # the chief wrote it
 
     # The chief's checkpoint resumes, here under the default strategy.
     single = _train(images, directory, "--last_step", "5")
