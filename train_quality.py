@@ -31,9 +31,8 @@ def main(args):
     config = cli.config_from_flags(args, "quality")
     cli.check_training_flags(args)
     files = data.training_images(args.train_glob, args.patchsize)
-    dataset = data.patch_dataset(files, args.patchsize, args.batchsize,
-                                 args.preprocess_threads, seed=args.seed)
-    cli.train_from_flags(args, config, dataset)
+    cli.train_from_flags(args, config, lambda seed: data.patch_dataset(
+        files, args.patchsize, args.batchsize, args.preprocess_threads, seed=seed))
 
 
 if __name__ == "__main__":

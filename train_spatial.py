@@ -42,11 +42,14 @@ def main(args):
         raise ConfigError(f"--patchsize {args.patchsize} must be a multiple of {multiple} "
                           f"for a {config.num_layers}-layer spatial model")
     files = data.check_tfrecords(args.train_tfrecords, args.patchsize)
-    dataset = data.pyramid_dataset(files, args.batchsize, args.patchsize, seed=args.seed,
-                                   preprocess_threads=args.preprocess_threads)
-    if config.num_layers < 3:  # (quarter, half, full) -> the top num_layers levels
-        dataset = dataset.map(lambda *levels: levels[3 - config.num_layers:])
-    cli.train_from_flags(args, config, dataset)
+
+    def make_dataset(seed):
+        dataset = data.pyramid_dataset(files, args.batchsize, args.patchsize, seed=seed,
+                                       preprocess_threads=args.preprocess_threads)
+        if config.num_layers < 3:  # (quarter, half, full) -> the top num_layers levels
+            dataset = dataset.map(lambda *levels: levels[3 - config.num_layers:])
+        return dataset
+    cli.train_from_flags(args, config, make_dataset)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,9 @@ class ScalableModel(tf.keras.Model):
             with tf.GradientTape() as tape:
                 outputs = self(inputs, training=True)
                 loss, metrics = self.loss_terms(inputs, outputs)
+                # Under tf.distribute the replicas' gradients are summed: dividing by their
+                # count gives the gradient of the loss averaged over the global batch.
+                loss /= tf.distribute.get_strategy().num_replicas_in_sync
         finally:
             set_conv_precision(self, "float32")
         variables = self.trainable_variables

@@ -139,6 +139,13 @@ def add_training_flags(parser):
     parser.add_argument("--clean_orphans", action="store_true",
                         help="Delete the checkpoints in --checkpoint_dir that its 'checkpoint' "
                              "state file does not list (they are only reported otherwise).")
+    parser.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"],
+                        default="default",
+                        help="tf.distribute strategy: mirrored = all GPUs of this machine "
+                             "(or --cpu_replicas logical CPUs without GPUs); multi_worker = "
+                             "the machines of TF_CONFIG. --batchsize is the global batch.")
+    parser.add_argument("--cpu_replicas", type=int, default=2,
+                        help="Logical CPU devices for --strategy mirrored without GPUs.")
     _add_break_lock_flag(parser, "--checkpoint_dir")
 
 
@@ -167,6 +174,13 @@ def check_training_flags(args):
     else:
         import tensorflow as tf
         tf.get_logger().setLevel("ERROR")
+    # The strategy configures devices and the cluster: before any other TensorFlow work.
+    from pipeline import distribute
+    args.distribution = (None if args.strategy == "default" else
+                         distribute.make_strategy(args.strategy, args.cpu_replicas))
+    if args.distribution and args.batchsize % args.distribution.num_replicas_in_sync:
+        raise ConfigError(f"--batchsize {args.batchsize} (the global batch) must be a "
+                          f"multiple of the {args.distribution.num_replicas_in_sync} replicas")
 
 
 def add_resample_flag(parser):
@@ -231,20 +245,29 @@ def load_codec(args, mode):
     return Codec(load_trained_model(args.checkpoint_dir, mode, **requested), tile=args.tile)
 
 
-def train_from_flags(args, config, dataset):
+def train_from_flags(args, config, make_dataset):
     """Run the training driver with the common flags, holding --checkpoint_dir's lock (taken
-    before anything is written; see pipeline/locking.py); a signal exits 130 after saving."""
-    from pipeline import training
+    before anything is written, by the chief only; see pipeline/locking.py); a signal exits
+    130 after saving. make_dataset(seed) -> the dataset of global batches."""
+    from pipeline import distribute, training
     from pipeline.checkpoints import report_orphans
     from pipeline.schedule import StepSchedule
     schedule = StepSchedule(args.learning_rate, args.lr_schedule, args.last_step,
                             args.decay_start_fraction, args.decay_factor)
-    with DirectoryLock(args.checkpoint_dir, "trained", "--checkpoint_dir", args.break_lock):
-        report_orphans(args.checkpoint_dir, remove=args.clean_orphans)
+    chief = distribute.is_chief()
+    if args.distribution:  # reseeded from the step on resume (see pipeline/distribute.py)
+        dataset = lambda step: make_dataset(None if args.seed is None else args.seed + step)
+    else:
+        dataset = make_dataset(args.seed)
+    with DirectoryLock(args.checkpoint_dir, "trained", "--checkpoint_dir", args.break_lock,
+                       chief=chief):
+        if chief:
+            report_orphans(args.checkpoint_dir, remove=args.clean_orphans)
         try:
             training.train(config, dataset, args.checkpoint_dir, args.last_step,
                            learning_rate=schedule, checkpoint_secs=args.checkpoint_secs,
-                           log_every=args.log_every, precision=args.precision)
+                           log_every=args.log_every, precision=args.precision,
+                           strategy=args.distribution, chief=chief)
         except training.Interrupted as stop:
             print(stop, flush=True)
             raise SystemExit(EXIT_INTERRUPTED)

@@ -8,6 +8,7 @@ unreadable data fail with a TrainingError and no checkpoint directory is created
 TensorBoard scalars go to `<checkpoint_dir>/train`.
 """
 
+import contextlib
 import math
 import os
 import re
@@ -21,6 +22,7 @@ from pipeline.metrics import psnr_from_mse
 from pipeline.schedule import StepSchedule
 from models.config import CONFIG_NAME, ConfigError, ModelConfig, SettingsError
 from models.factory import build_model
+from pipeline import distribute
 
 MAX_CHECKPOINTS = 3
 
@@ -108,6 +110,19 @@ def _next_batch(iterator, step, manager, first=False):
                             f"({manager.latest_checkpoint or 'none'})") from None
 
 
+def _restore(checkpoint, state, path):
+    """Restore `path` into `checkpoint`. One made under a tf.distribute strategy holds no
+    data-iterator position: then the model and optimizer (`state`) only, the data order
+    starts afresh."""
+    if not any(name.startswith("data/") for name, _ in tf.train.list_variables(path)):
+        checkpoint = tf.train.Checkpoint(**state)
+    try:
+        checkpoint.restore(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise TrainingError(f"cannot resume from '{path}' ({type(error).__name__}): use a new "
+                            "checkpoint_dir", ["checkpoint_dir"]) from None
+
+
 def _format_metrics(metrics, layer_names):
     parts = [f"loss {metrics['loss']:.2f}"]
     for key in ("bpp", "psnr"):
@@ -128,49 +143,69 @@ def _duration(seconds):
 
 
 def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
-          checkpoint_secs=300, log_every=100, make_step=tf.function, precision="float32"):
+          checkpoint_secs=300, log_every=100, make_step=tf.function, precision="float32",
+          strategy=None, chief=True):
     """Train `config`'s model on `dataset` (endless batches) up to step `last_step`.
 
     learning_rate: a number (constant) or a schedule.StepSchedule; either way the rate of a
     step is that of this call, also when resuming. precision: dtype of the convolution ops
     ("float32" or "bfloat16", see layers.SignalConv2D); the variables are float32 either way,
     so a checkpoint resumes under either precision.
+    With a tf.distribute `strategy` (see pipeline/distribute.py), `dataset` is a function
+    seed_offset -> dataset of global batches (reseeded from the step on resume); only the
+    `chief` writes to `checkpoint_dir`, the other workers to a temporary directory.
+
     Returns the final step. Raises TrainingError on a non-finite loss, Interrupted after
     saving on SIGINT/SIGTERM, ConfigError when `checkpoint_dir` holds another model.
     """
+    with contextlib.ExitStack() as stack:
+        write_dir = stack.enter_context(distribute.WriteDir(checkpoint_dir, chief))
+        return _train(config, dataset, checkpoint_dir, write_dir.path, last_step, learning_rate,
+                      checkpoint_secs, log_every, make_step, precision, strategy, chief)
+
+
+def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
+           checkpoint_secs, log_every, make_step, precision, strategy, chief):
     check_checkpoint_dir(checkpoint_dir, config)
     schedule = (learning_rate if isinstance(learning_rate, StepSchedule)
                 else StepSchedule(learning_rate))
-    model = build_model(config)
-    model.training_precision = precision
-    # The rate variable is set from the schedule before every step, also right after a
-    # restore brought back the old run's value (see schedule.py).
-    optimizer = tf.keras.optimizers.Adam(schedule.value(0))
-    model.compile(optimizer=optimizer)
-    # Create the optimizer's slots now so the step is traced once, not twice.
-    optimizer.build(model.trainable_variables)
-    iterator = iter(dataset)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, data=iterator)
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, MAX_CHECKPOINTS,
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_model(config)
+        model.training_precision = precision
+        # The rate variable is set from the schedule before every step, also right after a
+        # restore brought back the old run's value (see schedule.py).
+        optimizer = tf.keras.optimizers.Adam(schedule.value(0))
+        model.compile(optimizer=optimizer)
+        # Create the optimizer's slots now so the step is traced once, not twice.
+        optimizer.build(model.trainable_variables)
+    # A distributed iterator cannot be checkpointed: it is made after restoring, reseeded.
+    iterator = None if strategy else iter(dataset)
+    state = dict(model=model, optimizer=optimizer)
+    checkpoint = tf.train.Checkpoint(**state, **({} if strategy else dict(data=iterator)))
+    latest = latest_checkpoint(checkpoint_dir)
+    if latest:
+        _restore(checkpoint, state, latest)
+        print(f"resuming from step {int(optimizer.iterations.numpy())}", flush=True)
+    manager = tf.train.CheckpointManager(checkpoint, write_dir, MAX_CHECKPOINTS,
                                          step_counter=optimizer.iterations)
-    if manager.latest_checkpoint:
-        try:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as error:
-            raise TrainingError(f"cannot resume from '{manager.latest_checkpoint}' "
-                                f"({type(error).__name__}): use a new checkpoint_dir",
-                                ["checkpoint_dir"]) from None
-        print(f"resuming from step {int(optimizer.iterations)}", flush=True)
-    step = int(optimizer.iterations)
+    step = int(optimizer.iterations.numpy())
+    if strategy:
+        iterator = iter(distribute.distribute_dataset(strategy, dataset(step)))
     if step >= last_step:
         print(f"already trained to step {step} (last_step {last_step}): nothing to do")
         return step
     # Unreadable data (that header checks missed) fail here, before anything is written.
     pending = _next_batch(iterator, step, manager, first=True)
-    prepare_checkpoint_dir(checkpoint_dir, config)
+    if chief:
+        prepare_checkpoint_dir(checkpoint_dir, config)
 
-    writer = tf.summary.create_file_writer(os.path.join(checkpoint_dir, "train"))
-    train_step = make_step(model.train_step)
+    writer = tf.summary.create_file_writer(os.path.join(write_dir, "train"))
+    if strategy:
+        distributed_step = distribute.distributed_step(strategy, model.train_step)
+        train_step = lambda batch: distributed_step(
+            batch, tf.constant(float(stop.received is not None)))
+    else:
+        train_step = make_step(model.train_step)
     saved_at = time.monotonic()
     window_start, window_steps = time.monotonic(), 0
     print(f"training {config.mode}-scalable model ({config.entropy_model}, layers "
@@ -182,8 +217,18 @@ def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
                 pending = _next_batch(iterator, step, manager)
             batch, pending = pending, None
             optimizer.learning_rate.assign(schedule.value(step))
-            metrics = train_step(batch)
-            step = int(optimizer.iterations)
+            try:
+                metrics = dict(train_step(batch))
+            except tf.errors.OpError as error:
+                if not strategy:
+                    raise
+                raise TrainingError(f"training step {step + 1} failed across the workers "
+                                    f"({_first_line(error)}): a worker died or is unreachable; "
+                                    "restart all workers to resume from the last checkpoint "
+                                    f"({manager.latest_checkpoint or 'none'})") from None
+            if float(metrics.pop("stop", 0.0)) > 0 and not stop.received:
+                stop.received = signal.SIGTERM  # another worker was stopped: stop together
+            step = int(optimizer.iterations.numpy())
             window_steps += 1
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
