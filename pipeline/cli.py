@@ -146,6 +146,10 @@ def add_training_flags(parser):
                              "the machines of TF_CONFIG. --batchsize is the global batch.")
     parser.add_argument("--cpu_replicas", type=int, default=2,
                         help="Logical CPU devices for --strategy mirrored without GPUs.")
+    parser.add_argument("--collective_timeout", type=float, default=None,
+                        help="Seconds a cross-worker exchange may wait before the run stops "
+                             "with an error (a dead worker); default: "
+                             "pipeline.distribute.COLLECTIVE_TIMEOUT.")
     _add_break_lock_flag(parser, "--checkpoint_dir")
 
 
@@ -177,7 +181,9 @@ def check_training_flags(args):
     # The strategy configures devices and the cluster: before any other TensorFlow work.
     from pipeline import distribute
     args.distribution = (None if args.strategy == "default" else
-                         distribute.make_strategy(args.strategy, args.cpu_replicas))
+                         distribute.make_strategy(
+                             args.strategy, args.cpu_replicas,
+                             args.collective_timeout or distribute.COLLECTIVE_TIMEOUT))
     if args.distribution and args.batchsize % args.distribution.num_replicas_in_sync:
         raise ConfigError(f"--batchsize {args.batchsize} (the global batch) must be a "
                           f"multiple of the {args.distribution.num_replicas_in_sync} replicas")

@@ -95,7 +95,9 @@ def test_multi_worker_trains_resumes_and_fails_cleanly(images, tmp_path):
     assert "resuming from step 4" in out
 
     # Killing one worker ends the other with an error, not a hang.
-    processes = _cluster(images, tmp_path / "killed", "--last_step", "100000")
+    # A shorter collective timeout than the default 120 s: the survivor gives up sooner.
+    processes = _cluster(images, tmp_path / "killed", "--last_step", "100000",
+                         "--collective_timeout", "30")
     chief, worker = processes
     deadline = time.monotonic() + TIMEOUT
     while not os.path.exists(tmp_path / "killed" / "config.json"):
