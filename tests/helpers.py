@@ -31,20 +31,32 @@ def smooth_image(height, width, seed=0):
     return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
 
 
-def _script_env():
+# TensorFlow's numeric settings: a script run with `numerics` gets exactly those of them.
+NUMERIC_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def _script_env(numerics=None):
     # As in a user's shell: the scripts choose TensorFlow's log level themselves (this file
     # sets TF_CPP_MIN_LOG_LEVEL=2 for the test process, which would let TF's start-up
     # noise into the scripts' stderr).
     env = dict(os.environ)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    if numerics is not None:
+        for name in NUMERIC_ENV:
+            env.pop(name, None)
+        env.update(numerics)
     return env
 
 
-def start_script(script, *args):
-    """Popen of a repo CLI script (stdout+stderr captured as text); pair with finish()."""
+def start_script(script, *args, numerics=None):
+    """Popen of a repo CLI script (stdout+stderr captured as text); pair with finish().
+
+    numerics: a dict of NUMERIC_ENV variables to run it under (the others unset), or None
+    for the test process's own environment.
+    """
     return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_script_env())
+                            text=True, env=_script_env(numerics))
 
 
 def finish(process, timeout=600):

@@ -1,6 +1,7 @@
 """Portable coding: exact integer scale indexes, and the symbol checksum of decoded streams."""
+import glob
 import os
-import zlib
+import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +14,11 @@ from models.entropy import make_entropy_model
 from models.entropy.integer import IntegerNetwork
 from models.factory import build_model
 
-from conftest import smooth_image
+from codec.image import pyramid, read_image, write_png
+from pipeline.checkpoints import load_coding_tables
+
+import run_scripts
+from helpers import describe, finish, smooth_image, start_script
 
 
 def test_integer_indexes_do_not_depend_on_summation_order():
@@ -80,3 +85,119 @@ def test_symbol_checksum_catches_a_payload_change_under_a_valid_file_crc(entropy
     with pytest.raises(bitstream.BitstreamError, match="do not match the encoder's checksum"):
         codec.decode(str(folder))
     assert not (folder / "rec_B.png").exists()
+
+
+# Cross-configuration decoding in fresh processes. Each numeric configuration is a set of
+# environment variables; a stream must decode, symbols identical, under every other one.
+_CONFIGURATIONS = {
+    "oneDNN on": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+    "oneDNN off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+    "oneDNN on, 1 thread": {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_NUM_INTRAOP_THREADS": "1"},
+    "oneDNN off, 1 thread": {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_NUM_INTRAOP_THREADS": "1"},
+}
+# encoder's configuration -> the decoders' configurations
+_DIRECTIONS = {"oneDNN on": ["oneDNN off", "oneDNN on, 1 thread"],
+               "oneDNN off, 1 thread": ["oneDNN on"]}
+_SYNTHESIS_ROUNDING_LEVELS = 2  # float synthesis may round a pixel differently, by a level
+
+
+def _stress_checkpoint(directory, mode, entropy_model, filters):
+    """An untrained model saved as a checkpoint; hyperprior transforms scaled up so that its
+    scale indexes spread over the table range (an untrained model's all clip to 0, which
+    would make any decoder agree). Returns the model."""
+    names = ["B", "e1", "e2"][:len(filters)]
+    config = ModelConfig(mode=mode, layer_names=names, filters=filters,
+                         lmbdas=[1.0] * len(filters), entropy_model=entropy_model)
+    tf.random.set_seed(0)
+    model = build_model(config)
+    rng = np.random.default_rng(0)
+    if entropy_model == "hyperprior":
+        for entropy in model.entropy:
+            for layer in entropy.hyper_analysis.layers + entropy.hyper_synthesis.layers:
+                layer.kernel_parameter.real.assign(layer.kernel_parameter.real * 3.0)
+                layer.kernel_parameter.imag.assign(layer.kernel_parameter.imag * 3.0)
+            bias = entropy.hyper_synthesis.layers[-1].bias_parameter
+            bias.assign(rng.uniform(5, 50, bias.shape).astype(np.float32))
+    config.save(directory)
+    tf.train.Checkpoint(model=model).save(os.path.join(directory, "ckpt"))
+    return model
+
+
+def _scale_indexes(model, levels):
+    """Every hyperprior layer's scale indexes when coding `levels`, one array per layer."""
+    codes = model.compress(levels, False)
+    return [entropy._coding_indexes(code["symbols"][1], code["shapes"][:2]).numpy()
+            for entropy, code in zip(model.entropy, codes)]
+
+
+def _run_per_configuration(commands):
+    """Run [(numerics, script, args)]: one process per configuration (tests/run_scripts.py,
+    TensorFlow started once), all concurrently; each must exit 0."""
+    grouped = {}
+    for numerics, script, args in commands:
+        grouped.setdefault(numerics, []).extend([script, *args, run_scripts.SEPARATOR])
+    processes = {numerics: start_script(os.path.join("tests", "run_scripts.py"), *arguments,
+                                        numerics=_CONFIGURATIONS[numerics])
+                 for numerics, arguments in grouped.items()}
+    for numerics, process in processes.items():
+        result = finish(process, 300)
+        assert result.returncode == 0, f"under {numerics}:\n{describe(result)}"
+
+
+# mode, entropy model, filters: both modes, both entropy models.
+_MODELS = [("quality", "hyperprior", [8, 8]), ("quality", "factorized", [8, 8]),
+           ("spatial", "hyperprior", [4, 4, 4]), ("spatial", "factorized", [4, 4, 4])]
+
+
+def test_streams_decode_under_other_numeric_configurations(tmp_path):
+    """Encode with eval_<mode>.py under one configuration, --decompress in fresh processes
+    under others: every layer passes its symbol checksums (entropy-decoded symbols identical
+    to the encoder's) and its pixels differ from the encoder's by synthesis rounding only.
+    Both modes and both entropy models; one process per configuration runs all of them."""
+    encodes, decodes = [], []
+    for mode, entropy_model, filters in _MODELS:
+        root = tmp_path / f"{mode} {entropy_model}"
+        checkpoint = str(root / "checkpoint")
+        model = _stress_checkpoint(checkpoint, mode, entropy_model, filters)
+        # The coding tables are made once, beside the checkpoint, as after training.
+        model.prepare_coding(load_coding_tables(checkpoint, model))
+        image = smooth_image(64, 64) if mode == "quality" else smooth_image(128, 128, 1)
+        levels = [image] * len(filters) if mode == "quality" else pyramid(image, len(filters))
+        if entropy_model == "hyperprior":
+            for indexes in _scale_indexes(model, levels):
+                assert len(np.unique(indexes)) >= 5, "scale indexes not spread: a weak test"
+        image_path = str(root / "image.png")
+        write_png(image_path, image)
+        script, names = f"eval_{mode}.py", model.config.layer_names
+        for encoder, decoders in _DIRECTIONS.items():
+            encoded = str(root / f"encoded {encoder}")
+            encodes.append((encoder, script, ["--input_image", image_path, "--output_folder",
+                                              encoded, "--checkpoint_dir", checkpoint]))
+            for decoder in decoders:
+                decoded = str(root / f"{encoder} to {decoder}")
+                decodes.append((mode, entropy_model, names, encoder, encoded, decoder, decoded,
+                                (script, ["--decompress", "--output_folder", decoded,
+                                          "--checkpoint_dir", checkpoint])))
+
+    _run_per_configuration(encodes)
+    for *_, encoded, _, decoded, _ in decodes:
+        os.makedirs(decoded)
+        for stream in glob.glob(os.path.join(encoded, "stream_*.tfci")):
+            shutil.copy(stream, decoded)
+    _run_per_configuration([(decoder, *command)
+                            for *_, decoder, _, command in decodes])
+
+    largest = 0
+    for mode, entropy_model, names, encoder, encoded, decoder, decoded, _ in decodes:
+        differences = []
+        for name in names:
+            sent = read_image(os.path.join(encoded, f"rec_{name}.png")).astype(int)
+            received = read_image(os.path.join(decoded, f"rec_{name}.png")).astype(int)
+            assert sent.shape == received.shape
+            differences.append(int(np.abs(sent - received).max()))
+        print(f"\n{mode} {entropy_model}: encoded under {encoder}, decoded under {decoder}: "
+              f"symbol checksums pass; largest pixel difference per layer {differences}")
+        largest = max(largest, *differences)
+    print(f"largest pixel difference of all: {largest} (allowed: synthesis rounding, "
+          f"{_SYNTHESIS_ROUNDING_LEVELS})")
+    assert largest <= _SYNTHESIS_ROUNDING_LEVELS
