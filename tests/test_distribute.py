@@ -106,5 +106,7 @@ def test_multi_worker_trains_resumes_and_fails_cleanly(images, tmp_path):
     worker.send_signal(signal.SIGKILL)
     out, err = chief.communicate(timeout=TIMEOUT)
     assert chief.returncode == 1, err[-2000:]
-    assert err.strip().splitlines()[-1].startswith("error: ")
-    assert "worker" in err.strip().splitlines()[-1]
+    # TensorFlow's coordination service may still log (C++, timestamped) while shutting down.
+    ours = [line for line in err.strip().splitlines()
+            if not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] ", line)]
+    assert ours[-1].startswith("error: ") and "worker" in ours[-1], err[-2000:]
