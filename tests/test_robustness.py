@@ -26,6 +26,7 @@ from PIL import Image
 from helpers import run_script_in_process
 from pipeline import cli
 from models.config import ModelConfig
+from codec import bitstream
 from codec.streams import Codec
 from models.factory import build_model
 
@@ -74,6 +75,7 @@ def checkpoints(tmp_path_factory):
     variable.assign(weights)
     model.prepare_coding()
     spatial_model = build_model(SPATIAL)
+    spatial_model.prepare_coding()  # a Codec carries the digest of the coding tables
     return dict(quality=quality, other=other,
                 spatial=save_checkpoint(spatial_model, SPATIAL, root / "spatial"),
                 codec=Codec(model), spatial_codec=Codec(spatial_model))
@@ -216,7 +218,7 @@ def flip_bit(position):
 
 
 def newer_version(data):
-    body = data[:4] + bytes([2]) + data[5:-4]
+    body = data[:4] + bytes([bitstream.FORMAT_VERSION + 1]) + data[5:-4]
     return body + zlib.crc32(body).to_bytes(4, "big")
 
 
@@ -246,7 +248,7 @@ def damage(case, folder, zoo_eval):
         return B, "missing stream file"
     if case == "future format version":
         patch_stream(B, newer_version)
-        return B, "newer format version 2"
+        return B, f"newer format version {bitstream.FORMAT_VERSION + 1}"
     raise ValueError(case)
 
 
