@@ -45,8 +45,10 @@ def _clocks():
     return time.perf_counter(), time.process_time()
 
 
-def _stress(model):
-    """Scale an untrained model's hyperprior transforms so that its indexes spread."""
+def stress_hyperprior(model):
+    """Scale an untrained model's hyperprior transforms so that its scale indexes spread over
+    the table range (an untrained model's all clip to 0); the cross-configuration tests use it
+    too."""
     import numpy as np
     rng = np.random.default_rng(0)
     for entropy in model.entropy:
@@ -72,7 +74,7 @@ def build_codecs(checkpoint_dir):
         tf.random.set_seed(0)
         config = ModelConfig.default("quality")
         models = [build_model(config) for _ in PATHS]
-        _stress(models[0])
+        stress_hyperprior(models[0])
         models[1].set_weights(models[0].get_weights())
         tables = models[0].coding_tables()
         source = "untrained, default configuration, hyperprior transforms scaled x3"

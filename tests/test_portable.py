@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bench.portable import stress_hyperprior
+
 from codec import bitstream
 from codec.streams import Codec
 from models.config import ModelConfig
@@ -110,14 +112,8 @@ def _stress_checkpoint(directory, mode, entropy_model, filters):
                          lmbdas=[1.0] * len(filters), entropy_model=entropy_model)
     tf.random.set_seed(0)
     model = build_model(config)
-    rng = np.random.default_rng(0)
     if entropy_model == "hyperprior":
-        for entropy in model.entropy:
-            for layer in entropy.hyper_analysis.layers + entropy.hyper_synthesis.layers:
-                layer.kernel_parameter.real.assign(layer.kernel_parameter.real * 3.0)
-                layer.kernel_parameter.imag.assign(layer.kernel_parameter.imag * 3.0)
-            bias = entropy.hyper_synthesis.layers[-1].bias_parameter
-            bias.assign(rng.uniform(5, 50, bias.shape).astype(np.float32))
+        stress_hyperprior(model)
     config.save(directory)
     tf.train.Checkpoint(model=model).save(os.path.join(directory, "ckpt"))
     return model
