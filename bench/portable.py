@@ -51,12 +51,17 @@ def stress_hyperprior(model):
     too."""
     import numpy as np
     rng = np.random.default_rng(0)
-    for entropy in model.entropy:
+    biases = [entropy.hyper_synthesis.layers[-1].bias_parameter for entropy in model.entropy]
+    # Distinct scales for every channel of every layer, so that the indexes spread even
+    # where a latent is too small for the positions to differ.
+    scales = rng.permutation(np.geomspace(5, 50, sum(int(b.shape[0]) for b in biases)))
+    start = 0
+    for entropy, bias in zip(model.entropy, biases):
         for layer in entropy.hyper_analysis.layers + entropy.hyper_synthesis.layers:
             layer.kernel_parameter.real.assign(layer.kernel_parameter.real * 3.0)
             layer.kernel_parameter.imag.assign(layer.kernel_parameter.imag * 3.0)
-        bias = entropy.hyper_synthesis.layers[-1].bias_parameter
-        bias.assign(rng.uniform(5, 50, bias.shape).astype(np.float32))
+        bias.assign(scales[start:start + bias.shape[0]].astype(np.float32))
+        start += bias.shape[0]
 
 
 def build_codecs(checkpoint_dir):

@@ -160,8 +160,13 @@ def test_streams_decode_under_other_numeric_configurations(tmp_path):
         image = smooth_image(64, 64) if mode == "quality" else smooth_image(128, 128, 1)
         levels = [image] * len(filters) if mode == "quality" else pyramid(image, len(filters))
         if entropy_model == "hyperprior":
-            for indexes in _scale_indexes(model, levels):
-                assert len(np.unique(indexes)) >= 5, "scale indexes not spread: a weak test"
+            # Indexes that all agree would make any decoder pass: a weak test. A layer's
+            # latent can be as small as 2x2 with 4 channels, so the spread is counted over
+            # all layers together, and each layer must use several tables.
+            indexes = _scale_indexes(model, levels)
+            assert all(len(np.unique(layer)) >= 3 for layer in indexes), "indexes not spread"
+            assert len(np.unique(np.concatenate([i.ravel() for i in indexes]))) >= 8, \
+                "scale indexes not spread over the tables: a weak test"
         image_path = str(root / "image.png")
         write_png(image_path, image)
         script, names = f"eval_{mode}.py", model.config.layer_names
