@@ -12,6 +12,20 @@ from models.config import ModelConfig
 from pipeline import checkpoints, pretrained
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shipped_eval(tmp_path_factory):
+    """eval_quality.py without --checkpoint_dir, started first so that it overlaps the export
+    and the other evaluations of this module. Yields (process, output folder)."""
+    folder = tmp_path_factory.mktemp("shipped")
+    Image.fromarray(smooth_image(40, 40)).save(folder / "photo.png")
+    process = start_script("eval_quality.py", "--input_image", folder / "photo.png",
+                           "--output_folder", folder / "out")
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoints, tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("pretrained") / "quality")
@@ -72,11 +86,8 @@ def test_eval_codes_with_a_pretrained_folder(exported, tmp_path):
     assert (out / "rec_e1.png").exists()
 
 
-def test_eval_without_checkpoint_dir_uses_the_shipped_model(tmp_path):
-    image = tmp_path / "photo.png"
-    Image.fromarray(smooth_image(40, 40)).save(image)
-    result = finish(start_script("eval_quality.py", "--input_image", image,
-                                 "--output_folder", tmp_path / "out"))
+def test_eval_without_checkpoint_dir_uses_the_shipped_model(shipped_eval):
+    result = finish(shipped_eval)
     if os.path.isdir(pretrained.shipped_model_dir("quality")):
         assert result.returncode == 0, describe(result)
     else:
