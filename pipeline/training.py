@@ -38,6 +38,15 @@ class WorkersFailed(TrainingError):
     line exits at once after reporting it."""
 
     exit_at_once = True
+    # What a lost peer raises in a collective or in a distributed iterator.
+    CAUSES = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+              tf.errors.DeadlineExceededError)
+
+    def __init__(self, step, error, manager):
+        super().__init__(f"training step {step} failed across the workers "
+                         f"({_first_line(error)}): a worker died or is unreachable; restart "
+                         "all workers to resume from the last checkpoint "
+                         f"({manager.latest_checkpoint or 'none'})")
 
 
 class Interrupted(Exception):
@@ -106,15 +115,19 @@ def _first_line(error):
     text = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", text)
     lines = [line.strip() for line in text.splitlines()
              if line.strip() and not line[0].isspace()
-             and not line.startswith(("Graph execution error:", "Detected at node"))]
+             and not line.startswith(("Graph execution error:", "Detected at node",
+                                      "The error could be from a previous operation"))]
     return lines[0][:300] if lines else type(error).__name__
 
 
-def _next_batch(iterator, step, manager, first=False):
-    """The next batch; a TrainingError when the data cannot be read (or run out)."""
+def _next_batch(iterator, step, manager, first=False, distributed=False):
+    """The next batch; a TrainingError when the data cannot be read (or run out), or
+    WorkersFailed when a `distributed` iterator fails because a peer was lost."""
     try:
         return next(iterator)
     except (StopIteration, tf.errors.OpError) as error:
+        if distributed and isinstance(error, WorkersFailed.CAUSES):
+            raise WorkersFailed(step + 1, error, manager) from None
         reason = "it ended" if isinstance(error, StopIteration) else _first_line(error)
         if first:
             raise TrainingError(f"cannot read the training data ({reason}): fix or remove "
@@ -209,7 +222,7 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
         print(f"already trained to step {step} (last_step {last_step}): nothing to do")
         return step
     # Unreadable data (that header checks missed) fail here, before anything is written.
-    pending = _next_batch(iterator, step, manager, first=True)
+    pending = _next_batch(iterator, step, manager, first=True, distributed=bool(strategy))
     if chief:
         prepare_checkpoint_dir(checkpoint_dir, config)
 
@@ -229,7 +242,11 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
     with _SignalFlag() as stop, writer.as_default():
         while step < last_step:
             if pending is None:
-                pending = _next_batch(iterator, step, manager)
+                try:
+                    pending = _next_batch(iterator, step, manager, distributed=bool(strategy))
+                except WorkersFailed:
+                    writer.flush()  # the process exits at once
+                    raise
             batch, pending = pending, None
             optimizer.learning_rate.assign(schedule.value(step))
             try:
@@ -238,10 +255,7 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
                 if not strategy:
                     raise
                 writer.flush()
-                raise WorkersFailed(f"training step {step + 1} failed across the workers "
-                                    f"({_first_line(error)}): a worker died or is unreachable; "
-                                    "restart all workers to resume from the last checkpoint "
-                                    f"({manager.latest_checkpoint or 'none'})") from None
+                raise WorkersFailed(step + 1, error, manager) from None
             # Under a strategy all workers stop after the same step, so only the flag reduced
             # over them counts: a signal that arrives during a step goes out with the next.
             stopping = (float(metrics.pop("stop")) > 0 if strategy
