@@ -28,6 +28,8 @@ def measure(replicas, images, steps, batchsize, filters, patchsize):
              "--log_every", str(steps // 2), "--strategy", "mirrored", "--cpu_replicas",
              str(replicas), "--checkpoint_secs", "100000", "--seed", "1"],
             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # The driver names the replica count it really got (a failed CPU split once gave 1).
+    assert f"; {replicas} replicas" in out, out
     # The second window excludes tracing and the first batches.
     seconds = float(re.findall(r"([0-9.]+) s/step", out)[-1])
     return dict(replicas=replicas, steps_per_s=1 / seconds, images_per_s=batchsize / seconds)

@@ -100,6 +100,9 @@ def run(main, parse_args, errors):
             return main(args)
         except errors as error:
             print(f"error: {error_message(error)}", file=sys.stderr, flush=True)
+            if getattr(error, "exit_at_once", False):  # see training.WorkersFailed
+                sys.stdout.flush()
+                os._exit(EXIT_ERROR)
             sys.exit(EXIT_ERROR)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)

@@ -65,8 +65,9 @@ def make_strategy(name, cpu_replicas=2, timeout_seconds=COLLECTIVE_TIMEOUT):
         return tf.distribute.get_strategy()
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_seconds)
     if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        if gpus:
+        # Physical, not logical, devices: listing logical ones initializes TensorFlow, after
+        # which the CPU can no longer be split into logical devices.
+        if tf.config.list_physical_devices("GPU"):
             return tf.distribute.MirroredStrategy()
         if cpu_replicas < 1:
             raise DistributeError(f"--cpu_replicas must be at least 1 (got {cpu_replicas})")
@@ -77,6 +78,10 @@ def make_strategy(name, cpu_replicas=2, timeout_seconds=COLLECTIVE_TIMEOUT):
         except RuntimeError:
             pass  # already initialized (a second strategy in one process): use what exists
         devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cpu_replicas]
+        if len(devices) < cpu_replicas:
+            raise DistributeError(f"TensorFlow was initialized with {len(devices)} logical CPU "
+                                  f"device(s) before --cpu_replicas {cpu_replicas} could split "
+                                  "the CPU: create the strategy first")
         return tf.distribute.MirroredStrategy(devices, cross_device_ops=(
             tf.distribute.ReductionToOneDevice(reduce_to_device=devices[0])))
     config = _tf_config()

@@ -31,6 +31,24 @@ class TrainingError(SettingsError, RuntimeError):
     """Training cannot go on (the message says why and what to do)."""
 
 
+class WorkersFailed(TrainingError):
+    """A step failed across the workers of a tf.distribute cluster (one died or is
+    unreachable). TensorFlow's teardown of such a cluster can block for minutes (dataset
+    iterator threads and the coordination service wait for the lost peer), so the command
+    line exits at once after reporting it."""
+
+    exit_at_once = True
+    # What a lost peer raises in a collective or in a distributed iterator.
+    CAUSES = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+              tf.errors.DeadlineExceededError)
+
+    def __init__(self, step, error, manager):
+        super().__init__(f"training step {step} failed across the workers "
+                         f"({_first_line(error)}): a worker died or is unreachable; restart "
+                         "all workers to resume from the last checkpoint "
+                         f"({manager.latest_checkpoint or 'none'})")
+
+
 class Interrupted(Exception):
     """Training was stopped by a signal after a checkpoint was saved."""
 
@@ -90,17 +108,26 @@ class _SignalFlag:
 
 
 def _first_line(error):
-    """An error's first line without TensorFlow's {{node ...}} / [Op:...] decorations."""
+    """An error's first line of message, without TensorFlow's {{node ...}} / [Op:...]
+    decorations and without the "Graph execution error:" header and its traceback of the
+    node (indented lines) that a failure inside a tf.function carries."""
     text = (getattr(error, "message", None) or str(error)).strip()
-    text = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", text).strip()
-    return text.splitlines()[0].strip()[:300] if text else type(error).__name__
+    text = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", text)
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line[0].isspace()
+             and not line.startswith(("Graph execution error:", "Detected at node",
+                                      "The error could be from a previous operation"))]
+    return lines[0][:300] if lines else type(error).__name__
 
 
-def _next_batch(iterator, step, manager, first=False):
-    """The next batch; a TrainingError when the data cannot be read (or run out)."""
+def _next_batch(iterator, step, manager, first=False, distributed=False):
+    """The next batch; a TrainingError when the data cannot be read (or run out), or
+    WorkersFailed when a `distributed` iterator fails because a peer was lost."""
     try:
         return next(iterator)
     except (StopIteration, tf.errors.OpError) as error:
+        if distributed and isinstance(error, WorkersFailed.CAUSES):
+            raise WorkersFailed(step + 1, error, manager) from None
         reason = "it ended" if isinstance(error, StopIteration) else _first_line(error)
         if first:
             raise TrainingError(f"cannot read the training data ({reason}): fix or remove "
@@ -195,7 +222,7 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
         print(f"already trained to step {step} (last_step {last_step}): nothing to do")
         return step
     # Unreadable data (that header checks missed) fail here, before anything is written.
-    pending = _next_batch(iterator, step, manager, first=True)
+    pending = _next_batch(iterator, step, manager, first=True, distributed=bool(strategy))
     if chief:
         prepare_checkpoint_dir(checkpoint_dir, config)
 
@@ -210,11 +237,16 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
     window_start, window_steps = time.monotonic(), 0
     print(f"training {config.mode}-scalable model ({config.entropy_model}, layers "
           f"{'/'.join(config.layer_names)}, filters {config.filters}) from step {step} "
-          f"to {last_step}; {schedule.describe()}, {precision} convolutions", flush=True)
+          f"to {last_step}; {schedule.describe()}, {precision} convolutions"
+          + (f"; {strategy.num_replicas_in_sync} replicas" if strategy else ""), flush=True)
     with _SignalFlag() as stop, writer.as_default():
         while step < last_step:
             if pending is None:
-                pending = _next_batch(iterator, step, manager)
+                try:
+                    pending = _next_batch(iterator, step, manager, distributed=bool(strategy))
+                except WorkersFailed:
+                    writer.flush()  # the process exits at once
+                    raise
             batch, pending = pending, None
             optimizer.learning_rate.assign(schedule.value(step))
             try:
@@ -222,11 +254,13 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
             except tf.errors.OpError as error:
                 if not strategy:
                     raise
-                raise TrainingError(f"training step {step + 1} failed across the workers "
-                                    f"({_first_line(error)}): a worker died or is unreachable; "
-                                    "restart all workers to resume from the last checkpoint "
-                                    f"({manager.latest_checkpoint or 'none'})") from None
-            if float(metrics.pop("stop", 0.0)) > 0 and not stop.received:
+                writer.flush()
+                raise WorkersFailed(step + 1, error, manager) from None
+            # Under a strategy all workers stop after the same step, so only the flag reduced
+            # over them counts: a signal that arrives during a step goes out with the next.
+            stopping = (float(metrics.pop("stop")) > 0 if strategy
+                        else stop.received is not None)
+            if stopping and not stop.received:
                 stop.received = signal.SIGTERM  # another worker was stopped: stop together
             step = int(optimizer.iterations.numpy())
             window_steps += 1
@@ -236,7 +270,7 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
                 raise TrainingError(f"loss is {loss} at step {step}: training stopped; the last "
                                     f"good checkpoint is kept ({kept}). Lower the learning rate "
                                     "or check the training data")
-            if step % log_every == 0 or step == last_step or stop.received:
+            if step % log_every == 0 or step == last_step or stopping:
                 seconds = (time.monotonic() - window_start) / window_steps
                 rate = schedule.value(step - 1)  # the rate of the update just made
                 values = {k: float(v) for k, v in metrics.items()}
@@ -250,7 +284,7 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
                       f"  lr {rate:.3g}  {seconds:.3f} s/step"
                       f"  eta {_duration((last_step - step) * seconds)}", flush=True)
                 window_start, window_steps = time.monotonic(), 0
-            if stop.received:
+            if stopping:
                 manager.save(checkpoint_number=step)
                 writer.flush()
                 raise Interrupted(stop.received, step)

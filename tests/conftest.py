@@ -21,7 +21,8 @@ import types
 import pytest
 
 from helpers import (TINY_QUALITY_FLAGS, TINY_QUALITY_STEPS, TINY_SPATIAL_FLAGS,
-                     TINY_SPATIAL_STEPS, describe, finish, smooth_image, start_script)
+                     TINY_SPATIAL_STEPS, describe, finish, smooth_image, start_script,
+                     write_spatial_tfrecords)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _TRAIN_TIMEOUT = 900
@@ -47,14 +48,7 @@ class _TinyCheckpoints:
         for seed in range(3):
             Image.fromarray(smooth_image(256, 256, seed)).save(
                 os.path.join(self.images_dir, f"train{seed}.png"))
-        # Spatial examples: (full, half, quarter) 64x64 triples, as create_tfrecords.py makes.
-        import tensorflow as tf
-        from pipeline.data import make_example
-        from codec.image import pyramid
-        with tf.io.TFRecordWriter(self.tfrecords) as writer:
-            for seed in range(4):
-                quarter, half, full = pyramid(smooth_image(64, 64, 10 + seed), 3)
-                writer.write(make_example(full, half, quarter))
+        write_spatial_tfrecords(self.tfrecords, range(10, 14))  # 64x64 examples
 
     def _train(self, key, script, *args):
         process = start_script(script, *args)

@@ -31,6 +31,32 @@ def smooth_image(height, width, seed=0):
     return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
 
 
+def write_random_images(folder, count, prefix=""):
+    """`count` PNGs of uniform random 80x96 RGB noise in `folder`; their glob pattern."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for k in range(count):
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(
+            os.path.join(folder, f"{prefix}{k}.png"))
+    return os.path.join(str(folder), "*.png")
+
+
+def write_spatial_tfrecords(path, seeds, size=64, value_range=(0, 255)):
+    """A TFRecord file of spatial training examples as create_tfrecords.py makes them: the
+    (full, half, quarter) pyramid of smooth_image(size, size, seed) for each seed, its
+    values mapped into `value_range`."""
+    import tensorflow as tf
+    from codec.image import pyramid
+    from pipeline.data import make_example
+    low, high = value_range
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for seed in seeds:
+            image = smooth_image(size, size, seed).astype(np.int32) * (high - low) // 255 + low
+            quarter, half, full = pyramid(image.astype(np.uint8), 3)
+            writer.write(make_example(full, half, quarter))
+    return str(path)
+
+
 # TensorFlow's numeric settings: a script run with `numerics` gets exactly those of them.
 NUMERIC_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 

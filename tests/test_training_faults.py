@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from helpers import run_script_in_process
+from helpers import run_script_in_process, write_random_images
 from pipeline import data, training
 from pipeline.checkpoints import orphan_checkpoints
 from pipeline.locking import LOCK_NAME
@@ -64,12 +64,7 @@ def recording(seen, spy=None):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for k in range(3):
-        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(
-            folder / f"img{k}.png")
-    return str(folder / "*.png")
+    return write_random_images(tmp_path_factory.mktemp("images"), 3, prefix="img")
 
 
 def patches(glob_pattern, seed=1):
