@@ -87,6 +87,9 @@ def parse_args(argv=None):
     p.add_argument("--float_dir", default=None,
                    help="portable stage: the float fine-tune from the same start and steps, "
                         "coded with tfc's float scale indexes")
+    p.add_argument("--portable_pairs", default="quality,qat",
+                   help="portable stage: which comparisons to run (quality: the model at equal "
+                        "weights; qat: --qat_dir against --float_dir)")
     p.add_argument("--single_steps", type=int, default=None,
                    help="steps of each single-layer model (default: --steps)")
     args = p.parse_args(argv)
@@ -98,6 +101,7 @@ def parse_args(argv=None):
     if args.work_dir is None:
         args.work_dir = os.path.join(REPO, "runs", "rd", args.profile)
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    args.portable_pairs = [s.strip() for s in args.portable_pairs.split(",") if s.strip()]
     unknown = sorted(set(args.stages) - set(STAGES + OPTIONAL_STAGES))
     if unknown:
         p.error(f"unknown stages {unknown}; choose from {STAGES + OPTIONAL_STAGES}")

@@ -50,14 +50,22 @@ class Protocol:
 
     # -- helpers
     def run(self, cmd: List[str]) -> None:
-        text = " ".join(cmd)
-        log("$ " + text)
-        for folder in (self.work, self.out):
-            with open(os.path.join(folder, "commands.log"), "a", encoding="utf-8") as f:
-                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
-        proc = subprocess.run(cmd, cwd=REPO)
-        if proc.returncode != 0:
-            raise SystemExit(f"command failed with status {proc.returncode}: {text}")
+        self.run_together([cmd])
+
+    def run_together(self, cmds: List[List[str]]) -> None:
+        """Run the commands side by side (each logged); SystemExit when any fails."""
+        processes = []
+        for cmd in cmds:
+            text = " ".join(cmd)
+            log("$ " + text)
+            for folder in (self.work, self.out):
+                with open(os.path.join(folder, "commands.log"), "a", encoding="utf-8") as f:
+                    f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+            processes.append((text, subprocess.Popen(cmd, cwd=REPO)))
+        failed = [(text, proc.wait()) for text, proc in processes]
+        for text, code in failed:
+            if code != 0:
+                raise SystemExit(f"command failed with status {code}: {text}")
 
     def timed(self, name, fn):
         start = time.monotonic()
@@ -167,6 +175,17 @@ class Protocol:
         """Run `script` (a script path, or a list such as ["-m", module]) on `images` with the
         model `ckpt_name` (or the checkpoint folder `ckpt_dir`); skipped when its results
         exist for the same step."""
+        self.evaluate_together([(script, name, ckpt_name, images, ckpt_dir)])
+
+    def evaluate_together(self, jobs):
+        """`evaluate` for each (script, name, ckpt_name, images, ckpt_dir), side by side."""
+        pending = [job for job in (self._prepare_eval(*job) for job in jobs) if job]
+        self.run_together([cmd for cmd, _ in pending])
+        for _, finish in pending:
+            finish()
+
+    def _prepare_eval(self, script, name, ckpt_name, images, ckpt_dir):
+        """(command, finish) of one evaluation, or None when its results are current."""
         folder = self.eval_dir(name)
         results = os.path.join(folder, "results.json")
         marker = os.path.join(folder, "rd_eval.json")
@@ -179,15 +198,18 @@ class Protocol:
                 if json.load(f).get("step") == step:
                     log(f"{results} exists for step {step}, skipped")
                     self.copy_per_image(name, results)
-                    return
+                    return None
         if os.path.isdir(folder):
             shutil.rmtree(folder)
         script = [script] if isinstance(script, str) else list(script)
-        self.run([self.py, *script, "--input_image", images, "--output_folder", folder,
-                  "--checkpoint_dir", ckpt_dir])
-        with open(marker, "w") as f:
-            json.dump({"step": step, "images": images}, f)
-        self.copy_per_image(name, results)
+
+        def finish():
+            with open(marker, "w") as f:
+                json.dump({"step": step, "images": images}, f)
+            self.copy_per_image(name, results)
+
+        return ([self.py, *script, "--input_image", images, "--output_folder", folder,
+                 "--checkpoint_dir", ckpt_dir], finish)
 
     def copy_per_image(self, name, results):
         dst = os.path.join(self.out, "per_image", f"{name}.json")
@@ -304,11 +326,13 @@ class Protocol:
         if self.args.qat_dir:
             pairs.append(("qat", os.path.abspath(self.args.qat_dir),
                           os.path.abspath(self.args.float_dir)))
+        pairs = [pair for pair in pairs if pair[0] in self.args.portable_pairs]
         comparisons = {}
         for name, exact_dir, float_dir in pairs:
-            self.evaluate("eval_quality.py", f"portable_{name}_exact", name, images, exact_dir)
-            self.evaluate(["-m", "bench.rd.float_indexes"], f"portable_{name}_float", name,
-                          images, float_dir)
+            self.evaluate_together([
+                ("eval_quality.py", f"portable_{name}_exact", name, images, exact_dir),
+                (["-m", "bench.rd.float_indexes"], f"portable_{name}_float", name, images,
+                 float_dir)])
             curves = {path: self.load_eval(f"portable_{name}_{path}")
                       for path in ("exact", "float")}
             comparisons[name] = portable_comparison(
