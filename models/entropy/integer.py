@@ -142,7 +142,8 @@ def fake_quantized_indexes(convs, side_hat, num_indexes):
     from the current float weights as `quantize_network` derives them, and the side latent
     quantized to A fractional bits as the coder's symbols + offset. Every rounding passes the
     gradient straight through. Given the side symbols' values (symbols + stored quantization
-    offset), the indexes equal the integer network's.
+    offset), the indexes equal the integer network's (tested on the CPU; it runs wherever the
+    model trains, and a GPU's float64 convolution algorithm might not keep sums exact).
     """
     round_even = _straight_through(tf.round)
     values = round_even(tf.cast(side_hat, tf.float64) * 2.0 ** ACTIVATION_BITS)
