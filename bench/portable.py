@@ -64,6 +64,14 @@ def stress_hyperprior(model):
         start += bias.shape[0]
 
 
+def set_index_path(model, tables, path):
+    """Prepare `model`'s coding with `tables`, its scale indexes from the integer network
+    (path "exact", what the codec uses) or from the float hyper-synthesis ("float", as tfc)."""
+    for entropy in model.entropy:
+        entropy.exact_indexes = path == "exact"
+    model.prepare_coding(tables)
+
+
 def build_codecs(checkpoint_dir):
     """{"exact": Codec, "float": Codec}: same weights, same tables; and a description."""
     from codec.streams import Codec
@@ -87,9 +95,7 @@ def build_codecs(checkpoint_dir):
         raise SystemExit("error: --checkpoint_dir must hold a hyperprior model (the factorized "
                          "model has no scale indexes)")
     for path, model in zip(PATHS, models):
-        for entropy in model.entropy:
-            entropy.exact_indexes = path == "exact"
-        model.prepare_coding(tables)
+        set_index_path(model, tables, path)
     return dict(zip(PATHS, map(Codec, models))), source
 
 

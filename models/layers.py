@@ -105,13 +105,16 @@ class SignalConv2D(tfc.SignalConv2D):
     def linear(self, inputs, kernel):
         """This layer's convolution (same geometry) with another kernel of any dtype, without
         bias or activation (the integer hyper-synthesis, models/entropy/integer.py)."""
-        saved = self.frozen_kernel, self._use_bias, self._activation
-        # tfc's setters refuse built layers; the private fields are what call() reads.
+        saved = self.frozen_kernel, self._use_bias, self._activation, self.conv_precision
+        # tfc's setters refuse built layers; the private fields are what call() reads. The
+        # op runs in the inputs' dtype, also while training in bfloat16.
         self.frozen_kernel, self._use_bias, self._activation = kernel, False, None
+        self.conv_precision = "float32"
         try:
             return tfc.SignalConv2D.call(self, inputs)
         finally:
-            self.frozen_kernel, self._use_bias, self._activation = saved
+            (self.frozen_kernel, self._use_bias, self._activation,
+             self.conv_precision) = saved
 
 
 def conv(filters, stride="1", activation=None, name=None, transposed=False, kernel=KERNEL):

@@ -132,6 +132,18 @@ class ScalableModel(tf.keras.Model):
         metrics["loss"] = loss
         return loss, metrics
 
+    def set_integer_hyper_synthesis(self, enabled):
+        """Quantization in the loop: every hyperprior layer's training form computes its scale
+        indexes with the integer network's arithmetic (models/entropy/integer.py), so training
+        optimizes the rate that coding will have. ValueError for a model without scale
+        indexes (factorized)."""
+        models = [m for m in self.entropy if hasattr(m, "integer_hyper_synthesis")]
+        if enabled and not models:
+            raise ValueError(f"the {self.config.entropy_model} entropy model has no "
+                             "hyper-synthesis to train as an integer network")
+        for entropy_model in models:
+            entropy_model.integer_hyper_synthesis = bool(enabled)
+
     def train_step(self, inputs):
         # Training changes the weights: back to the trainable kernels, and coding must be
         # prepared again afterwards.

@@ -130,6 +130,13 @@ def add_training_flags(parser):
                              "and loss stay float32; checkpoints are the same). bfloat16 pays "
                              "only where the CPU has AMX-BF16 (or on a GPU); it is slower on "
                              "CPUs without AMX (bench/train_speed.py measures it).")
+    parser.add_argument("--integer_hyper_synthesis", action="store_true",
+                        help="Quantization in the loop: the hyperprior's scale indexes are "
+                             "computed in training as the integer hyper-synthesis computes them "
+                             "when coding (quantized weights and activations, straight-through "
+                             "gradients), so the rate trained is the rate coded. For a short "
+                             "fine-tune at the end of training (hyperprior only; checkpoints "
+                             "are the same with or without it).")
     parser.add_argument("--preprocess_threads", type=int, default=16,
                         help="Parallel image decoding calls.")
     parser.add_argument("--checkpoint_secs", type=float, default=300,
@@ -175,6 +182,9 @@ def check_training_flags(args):
     if not 0 <= args.decay_start_fraction <= 1 or args.decay_factor <= 0:
         raise ConfigError("--decay_start_fraction must be in [0, 1] and --decay_factor "
                           "positive")
+    if args.integer_hyper_synthesis and args.entropy_model != "hyperprior":
+        raise ConfigError(f"--integer_hyper_synthesis trains the hyperprior's scale indexes: "
+                          f"the {args.entropy_model} entropy model has none (drop the flag)")
     if args.verbose:
         args.log_every = min(args.log_every, 10)
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
@@ -276,7 +286,8 @@ def train_from_flags(args, config, make_dataset):
             training.train(config, dataset, args.checkpoint_dir, args.last_step,
                            learning_rate=schedule, checkpoint_secs=args.checkpoint_secs,
                            log_every=args.log_every, precision=args.precision,
-                           strategy=args.distribution, chief=chief)
+                           strategy=args.distribution, chief=chief,
+                           integer_hyper_synthesis=args.integer_hyper_synthesis)
         except training.Interrupted as stop:
             print(stop, flush=True)
             raise SystemExit(EXIT_INTERRUPTED)

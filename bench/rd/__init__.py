@@ -22,6 +22,11 @@ Stages (each one resumable; run them all, or a subset with --stages):
   eval_lowres      the single-layer models on the Lanczos-downsampled Kodak at the spatial
                    model's lower resolutions (1/4, 1/2), for the per-resolution comparison;
                    last because it is optional (budget): aggregate runs again after it
+  portable         (only when named in --stages) the rate cost of portable coding: the quality
+                   model coded with the exact integer scale indexes (eval_quality.py) against
+                   tfc's float ones (bench.rd.float_indexes), same weights; with --qat_dir and
+                   --float_dir, a --integer_hyper_synthesis fine-tune (exact) against a float
+                   fine-tune (float). BD-rate per pair in <out>/portable_rd.json
 
 Training stages call the train scripts, which resume from their checkpoints (a finished
 stage leaves ``rd_done.json`` with its step and is skipped).  Each evaluation stage writes its

@@ -11,6 +11,8 @@ from models.config import ENTROPY_MODELS
 
 STAGES = ("train_quality", "train_single", "tfrecords", "train_spatial", "export",
           "eval_quality", "eval_spatial", "anchors", "aggregate", "eval_lowres")
+# Run only when named in --stages.
+OPTIONAL_STAGES = ("portable",)
 
 PROFILES = {
     # CPU scale: 1000 steps; about an hour end to end on 2 idle cores (see bench/README.md).
@@ -64,7 +66,8 @@ def parse_args(argv=None):
                    help="Checkpoints, streams, reconstructions (default runs/rd/<profile>).")
     p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     p.add_argument("--stages", default=",".join(STAGES),
-                   help=f"comma-separated subset of {','.join(STAGES)}")
+                   help=f"comma-separated subset of {','.join(STAGES)} (default: all), or "
+                        f"the optional {','.join(OPTIONAL_STAGES)}")
     p.add_argument("--max_images", type=int, default=0, help="Only the first N images (smoke).")
     p.add_argument("--entropy_model", default="hyperprior", choices=list(ENTROPY_MODELS))
     p.add_argument("--seed", type=int, default=0)
@@ -78,6 +81,15 @@ def parse_args(argv=None):
         kind = _ints if isinstance(value, list) and isinstance(value[0], int) else \
             _floats if isinstance(value, list) else type(value)
         p.add_argument(f"--{key}", type=kind, default=None, help=f"overrides the profile's {key}")
+    p.add_argument("--qat_dir", default=None,
+                   help="portable stage: a quality checkpoint fine-tuned with "
+                        "--integer_hyper_synthesis, coded with the exact scale indexes")
+    p.add_argument("--float_dir", default=None,
+                   help="portable stage: the float fine-tune from the same start and steps, "
+                        "coded with tfc's float scale indexes")
+    p.add_argument("--portable_pairs", default="quality,qat",
+                   help="portable stage: which comparisons to run (quality: the model at equal "
+                        "weights; qat: --qat_dir against --float_dir)")
     p.add_argument("--single_steps", type=int, default=None,
                    help="steps of each single-layer model (default: --steps)")
     args = p.parse_args(argv)
@@ -89,9 +101,12 @@ def parse_args(argv=None):
     if args.work_dir is None:
         args.work_dir = os.path.join(REPO, "runs", "rd", args.profile)
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = sorted(set(args.stages) - set(STAGES))
+    args.portable_pairs = [s.strip() for s in args.portable_pairs.split(",") if s.strip()]
+    unknown = sorted(set(args.stages) - set(STAGES + OPTIONAL_STAGES))
     if unknown:
-        p.error(f"unknown stages {unknown}; choose from {STAGES}")
+        p.error(f"unknown stages {unknown}; choose from {STAGES + OPTIONAL_STAGES}")
+    if bool(args.qat_dir) != bool(args.float_dir):
+        p.error("--qat_dir and --float_dir go together (the two fine-tunes to compare)")
     if len(args.filters) != len(args.lmbdas):
         p.error("--filters and --lmbdas need one value per layer")
     return args
@@ -100,7 +115,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     needs_train = any(s.startswith("train") or s == "tfrecords" for s in args.stages)
-    needs_kodak = any(s.startswith("eval") or s == "anchors" for s in args.stages)
+    needs_kodak = any(s.startswith("eval") or s in ("anchors", "portable")
+                      for s in args.stages)
     for needed, path, what in ((needs_train, args.train_dir, "training images"),
                                (needs_kodak, args.kodak, "evaluation images")):
         if needed and not os.path.exists(path):
@@ -108,7 +124,7 @@ def main(argv=None) -> int:
             return 0
     proto = Protocol(args)
     start = time.monotonic()
-    for stage in STAGES:
+    for stage in STAGES + OPTIONAL_STAGES:
         if stage in args.stages:
             log(f"stage {stage}")
             proto.timed(stage, getattr(proto, f"stage_{stage}"))

@@ -217,3 +217,21 @@ def load_json(path):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def portable_comparison(curves: Mapping[str, Mapping], checkpoints: Mapping[str, str],
+                        steps: Mapping[str, object]) -> Dict:
+    """The exact-vs-float comparison of the `portable` stage from two eval results documents
+    (``curves["exact"]``, ``curves["float"]``): mean per-layer points, BD-rate and BD-PSNR of
+    exact against float (anchor), and the ratio of all stream bytes."""
+    points = {path: average_points(layer_points(doc)) for path, doc in curves.items()}
+    rate = bd.bd_rate_result(*bd.curve_arrays(points["float"]), *bd.curve_arrays(points["exact"]))
+    psnr = bd.bd_psnr_result(*bd.curve_arrays(points["float"]), *bd.curve_arrays(points["exact"]))
+    total = {path: sum(e["bytes"] for image in doc["images"] for e in image["layers"])
+             for path, doc in curves.items()}
+    return dict(checkpoints=dict(checkpoints), steps=dict(steps),
+                images=len(curves["exact"]["images"]),
+                bd_rate_percent=rate.value, bd_rate_note=rate.reason or rate.note,
+                bd_psnr_db=psnr.value, bytes_ratio=total["exact"] / total["float"],
+                points={path: [{k: p[k] for k in ("bpp", "psnr", "ms_ssim")} for p in pts]
+                        for path, pts in points.items()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from typing import Dict, List, Optional
 
 from bench.anchors import RESOLUTION_TARGETS_BPP
 from bench.rd.points import image_key, per_image
-from bench.rd.report import aggregate, load_json
+from bench.rd.report import aggregate, load_json, portable_comparison
 from models.config import layer_names
 
 # The repository root: the scripts run from there.
@@ -22,6 +23,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def log(msg: str) -> None:
     print(f"[rd {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _checkpoint_step(ckpt_dir) -> Optional[int]:
+    """The step of the newest checkpoint a training run (not this protocol) left, or None."""
+    path = os.path.join(ckpt_dir, "checkpoint")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        found = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', f.read(), re.M)
+    return int(found.group(1)) if found else None
 
 
 class Protocol:
@@ -39,14 +50,22 @@ class Protocol:
 
     # -- helpers
     def run(self, cmd: List[str]) -> None:
-        text = " ".join(cmd)
-        log("$ " + text)
-        for folder in (self.work, self.out):
-            with open(os.path.join(folder, "commands.log"), "a", encoding="utf-8") as f:
-                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
-        proc = subprocess.run(cmd, cwd=REPO)
-        if proc.returncode != 0:
-            raise SystemExit(f"command failed with status {proc.returncode}: {text}")
+        self.run_together([cmd])
+
+    def run_together(self, cmds: List[List[str]]) -> None:
+        """Run the commands side by side (each logged); SystemExit when any fails."""
+        processes = []
+        for cmd in cmds:
+            text = " ".join(cmd)
+            log("$ " + text)
+            for folder in (self.work, self.out):
+                with open(os.path.join(folder, "commands.log"), "a", encoding="utf-8") as f:
+                    f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+            processes.append((text, subprocess.Popen(cmd, cwd=REPO)))
+        failed = [(text, proc.wait()) for text, proc in processes]
+        for text, code in failed:
+            if code != 0:
+                raise SystemExit(f"command failed with status {code}: {text}")
 
     def timed(self, name, fn):
         start = time.monotonic()
@@ -76,7 +95,7 @@ class Protocol:
                 return int.from_bytes(hashlib.sha256(f.read()).digest()[:6], "big")
         path = os.path.join(ckpt_dir, "rd_done.json")
         if not os.path.exists(path):
-            return None
+            return _checkpoint_step(ckpt_dir)
         with open(path) as f:
             return int(json.load(f)["last_step"])
 
@@ -152,11 +171,26 @@ class Protocol:
     def eval_dir(self, name):
         return os.path.join(self.work, "eval", name)
 
-    def evaluate(self, script, name, ckpt_name, images):
+    def evaluate(self, script, name, ckpt_name, images, ckpt_dir=None):
+        """Run `script` (a script path, or a list such as ["-m", module]) on `images` with the
+        model `ckpt_name` (or the checkpoint folder `ckpt_dir`); skipped when its results
+        exist for the same step."""
+        self.evaluate_together([(script, name, ckpt_name, images, ckpt_dir)])
+
+    def evaluate_together(self, jobs):
+        """`evaluate` for each (script, name, ckpt_name, images, ckpt_dir), side by side."""
+        pending = [job for job in (self._prepare_eval(*job) for job in jobs) if job]
+        self.run_together([cmd for cmd, _ in pending])
+        for _, finish in pending:
+            finish()
+
+    def _prepare_eval(self, script, name, ckpt_name, images, ckpt_dir):
+        """(command, finish) of one evaluation, or None when its results are current."""
         folder = self.eval_dir(name)
         results = os.path.join(folder, "results.json")
         marker = os.path.join(folder, "rd_eval.json")
-        step = self.done_step(self.ckpt(ckpt_name))
+        ckpt_dir = ckpt_dir or self.ckpt(ckpt_name)
+        step = self.done_step(ckpt_dir)
         if step is None:
             raise SystemExit(f"{ckpt_name} is not trained: run its train stage first")
         if os.path.exists(results) and os.path.exists(marker):
@@ -164,14 +198,18 @@ class Protocol:
                 if json.load(f).get("step") == step:
                     log(f"{results} exists for step {step}, skipped")
                     self.copy_per_image(name, results)
-                    return
+                    return None
         if os.path.isdir(folder):
             shutil.rmtree(folder)
-        self.run([self.py, script, "--input_image", images, "--output_folder", folder,
-                  "--checkpoint_dir", self.ckpt(ckpt_name)])
-        with open(marker, "w") as f:
-            json.dump({"step": step, "images": images}, f)
-        self.copy_per_image(name, results)
+        script = [script] if isinstance(script, str) else list(script)
+
+        def finish():
+            with open(marker, "w") as f:
+                json.dump({"step": step, "images": images}, f)
+            self.copy_per_image(name, results)
+
+        return ([self.py, *script, "--input_image", images, "--output_folder", folder,
+                 "--checkpoint_dir", ckpt_dir], finish)
 
     def copy_per_image(self, name, results):
         dst = os.path.join(self.out, "per_image", f"{name}.json")
@@ -277,6 +315,35 @@ class Protocol:
                             os.path.join(self.out, "per_image", name + ".json"))
 
     # -- aggregation (reads results only)
+    def stage_portable(self):
+        """Rate cost of portable coding (issue 9): BD-rate of the exact (integer) scale-index
+        path against tfc's float one. The quality model at equal weights (eval_quality.py vs
+        bench.rd.float_indexes); with --qat_dir and --float_dir, a quantization-aware
+        fine-tune coded exactly against a float fine-tune (same start, same steps) coded with
+        float indexes. Writes <out>/portable_rd.json."""
+        images = self.image_arg()
+        pairs = [("quality", self.ckpt("quality"), self.ckpt("quality"))]
+        if self.args.qat_dir:
+            pairs.append(("qat", os.path.abspath(self.args.qat_dir),
+                          os.path.abspath(self.args.float_dir)))
+        pairs = [pair for pair in pairs if pair[0] in self.args.portable_pairs]
+        comparisons = {}
+        for name, exact_dir, float_dir in pairs:
+            self.evaluate_together([
+                ("eval_quality.py", f"portable_{name}_exact", name, images, exact_dir),
+                (["-m", "bench.rd.float_indexes"], f"portable_{name}_float", name, images,
+                 float_dir)])
+            curves = {path: self.load_eval(f"portable_{name}_{path}")
+                      for path in ("exact", "float")}
+            comparisons[name] = portable_comparison(
+                curves, dict(exact=exact_dir, float=float_dir),
+                dict(exact=self.done_step(exact_dir), float=self.done_step(float_dir)))
+            log(f"portable {name}: BD-rate exact vs float "
+                f"{comparisons[name]['bd_rate_percent']} %")
+        with open(os.path.join(self.out, "portable_rd.json"), "w") as f:
+            json.dump(dict(config=self.describe(), comparisons=comparisons), f, indent=2)
+            f.write("\n")
+
     def load_eval(self, name) -> Optional[Dict]:
         path = os.path.join(self.out, "per_image", f"{name}.json")
         if not os.path.exists(path):

@@ -11,7 +11,7 @@ import tensorflow_compression as tfc
 
 from models.entropy.base import EntropyModel, register
 from models.entropy.coding import ChannelCoder, IndexedCoder, indexed_tables, prior_tables
-from models.entropy.integer import IntegerNetwork, quantize_network
+from models.entropy.integer import IntegerNetwork, fake_quantized_indexes, quantize_network
 from models.layers import conv, crop_to
 
 
@@ -52,6 +52,10 @@ class HyperpriorEntropyModel(EntropyModel):
         # True: scale indexes from the integer network (portable, what the codec uses).
         # False: from the float hyper-synthesis, as tfc does (bench/portable.py compares).
         self.exact_indexes = True
+        # True: the training form computes the scale indexes with the integer network's
+        # arithmetic (quantization in the loop, integer.fake_quantized_indexes), so training
+        # sees the likelihoods that coding will have. False: the float hyper-synthesis.
+        self.integer_hyper_synthesis = False
 
     @classmethod
     def scale_fn(cls, index):
@@ -70,7 +74,12 @@ class HyperpriorEntropyModel(EntropyModel):
             quantization_offset=quantization_offset)
 
     def _indexes(self, side_hat, tensor_shape):
-        return crop_to(self.hyper_synthesis(side_hat), tensor_shape)
+        if self.integer_hyper_synthesis:
+            indexes = fake_quantized_indexes(self.hyper_synthesis.layers, side_hat,
+                                             self.NUM_SCALES)
+        else:
+            indexes = self.hyper_synthesis(side_hat)
+        return crop_to(indexes, tensor_shape)
 
     def call(self, tensor, training):
         side_latent = self.hyper_analysis(abs(tensor))

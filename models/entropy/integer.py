@@ -4,25 +4,34 @@ After Balle, Johnston, Minnen, "Integer Networks for Data Compression with Laten
 Models" (ICLR 2019). The decoder selects each element's probability table with an index
 computed from the decoded side symbols. A float network computes it with rounding errors that
 depend on the kernel library, the thread count and the device, and one index in the next bin
-desynchronises the range decoder. The integer network below is DERIVED from the trained float
-hyper-synthesis (post-training quantization, `quantize_network`; nothing new to train or
-store in the checkpoint) and computes the indexes exactly:
+desynchronises the range decoder. The integer network below is DERIVED from the float
+hyper-synthesis (`quantize_network`; nothing new to store in the checkpoint) and computes the
+indexes exactly:
 
 - input: the integer side symbols, as x = symbol * 2^A + round(offset * 2^A), clipped;
 - per layer: integer kernel W = round(K * 2^s) and bias round(b * 2^(A + s)), v = W * x + bias;
 - hidden layers: x' = clip(round_div(v, 2^s), 0, ACT_MAX) (a quantized ReLU, A fractional
-  bits); last layer: index = clip(round_div(v, 2^(A + s)), 0, num_scales - 1).
+  bits); last layer: index = clip(round_div(v, 2^(A + s)), 0, num_scales - 1),
+  where round_div(v, d) = floor(v / d + 1/2) (halves round up).
 
-The convolutions run in float64 on integer values. `quantize_network` picks the shift s of
-every layer so that max over outputs of (sum |W| * max |x| + |bias|) < 2^52: every partial sum
+Everything runs in float64 on integer values. `layer_shift` picks the shift s of every layer
+so that max over outputs of (sum |W| * max |x| + |bias| + divisor) < 2^52: every partial sum
 of every summation order is then an integer below 2^53, which float64 holds exactly, so the
-result does not depend on the order (threads, oneDNN, blocking). Rounding division and
-clipping are int64 operations. The tables' digest covers these integers, so a decoder that
-holds other integers is refused before decoding.
+result does not depend on the order (threads, oneDNN, blocking); dividing by a power of two
+and flooring are exact too. The tables' digest covers these integers, so a decoder that holds
+other integers is refused before decoding.
+
+Training with quantization in the loop (`fake_quantized_indexes`): the same arithmetic on the
+current float weights, with straight-through gradients for every rounding, gives the indexes
+(hence the likelihoods) that the integer network will give at coding time, so a short
+fine-tune adapts the float model to it.
 """
+
+import math
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_compression as tfc
 
 ACTIVATION_BITS = 8           # A: fractional bits of every activation
 INPUT_MAX = 2 ** 20           # |x| of the input layer (side symbols up to 4096)
@@ -32,9 +41,43 @@ EXACT_BOUND = 2 ** 52         # margin below 2^53, where float64 stops holding e
 
 
 def _magnitude_bound(kernel, bias, input_max, divisor):
-    """Largest |partial sum| a layer can reach (plus the rounding term of its division)."""
-    per_output = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(0)
-    return float(per_output.max() * input_max + np.abs(bias).max() + divisor)
+    """Largest |partial sum| a layer can reach, plus its division's rounding term (TF or
+    numpy arrays of integers)."""
+    per_output = tf.reduce_sum(tf.reshape(tf.abs(kernel), (-1, tf.shape(kernel)[-1])), 0)
+    return (tf.reduce_max(per_output) * input_max + tf.reduce_max(tf.abs(bias))
+            + tf.cast(divisor, tf.float64))
+
+
+def _integer_parameters(kernel, bias, shift, last, rounding=tf.round):
+    """Integer kernel, bias (float64) and divisor of a layer at `shift` (float64 scalar)."""
+    scale = tf.pow(tf.constant(2.0, tf.float64), shift)
+    divisor = scale * 2.0 ** ACTIVATION_BITS if last else scale
+    return (rounding(kernel * scale), rounding(bias * (scale * 2.0 ** ACTIVATION_BITS)),
+            divisor)
+
+
+def layer_shift(kernel, bias, input_max, last):
+    """The shift s of one layer (float64 scalar tensor; -1 when none fits the bound).
+
+    The largest s with max|W| <= 2^(WEIGHT_BITS-1) whose magnitude bound stays below
+    EXACT_BOUND. kernel, bias: the float weights (float64). Graph-compatible, so that training
+    (`fake_quantized_indexes`) and `quantize_network` use the very same scales.
+    """
+    largest = tf.reduce_max(tf.abs(kernel))
+    # The smallest e with 2^e >= largest (log2 may be off by one ulp around powers of two).
+    exponent = tf.math.ceil(tf.math.log(largest) / math.log(2.0))
+    two = tf.constant(2.0, tf.float64)
+    exponent = tf.where(tf.pow(two, exponent - 1) >= largest, exponent - 1, exponent)
+    exponent = tf.where(tf.pow(two, exponent) < largest, exponent + 1, exponent)
+    exponent = tf.where(largest > 0, exponent, tf.zeros_like(exponent))
+    shift = WEIGHT_BITS - 1 - exponent
+
+    def too_large(shift):
+        integer_kernel, integer_bias, divisor = _integer_parameters(kernel, bias, shift, last)
+        return _magnitude_bound(integer_kernel, integer_bias, input_max, divisor) >= EXACT_BOUND
+
+    return tf.while_loop(lambda shift: tf.logical_and(shift >= 0, too_large(shift)),
+                         lambda shift: [shift - 1], [shift])[0]
 
 
 def quantize_network(convs, input_offset):
@@ -50,26 +93,73 @@ def quantize_network(convs, input_offset):
         np.asarray(input_offset, np.float64) * 2.0 ** ACTIVATION_BITS).astype(np.int64))
     input_max = INPUT_MAX
     for index, conv in enumerate(convs):
-        kernel = np.asarray(conv.kernel.numpy(), np.float64)
-        bias = np.asarray(conv.bias.numpy(), np.float64)
-        largest = np.abs(kernel).max()
-        shift = WEIGHT_BITS - 1 - (int(np.ceil(np.log2(largest))) if largest > 0 else 0)
+        kernel = tf.constant(np.asarray(conv.kernel.numpy(), np.float64))
+        bias = tf.constant(np.asarray(conv.bias.numpy(), np.float64))
         last = index == len(convs) - 1
-        while True:
-            if shift < 0:
-                raise ValueError(f"hyper-synthesis layer {index}: weights too large for the "
-                                 "integer network")
-            integer_kernel = np.round(kernel * 2.0 ** shift)
-            integer_bias = np.round(bias * 2.0 ** (ACTIVATION_BITS + shift))
-            divisor = 2 ** (ACTIVATION_BITS + shift if last else shift)
-            if _magnitude_bound(integer_kernel, integer_bias, input_max, divisor) < EXACT_BOUND:
-                break
-            shift -= 1
-        arrays[f"kernel_{index}"] = integer_kernel.astype(np.int16)
-        arrays[f"bias_{index}"] = integer_bias.astype(np.int64)
-        arrays[f"shift_{index}"] = np.array(shift, np.int64)
+        shift = layer_shift(kernel, bias, input_max, last)
+        if shift < 0:
+            raise ValueError(f"hyper-synthesis layer {index}: weights too large for the "
+                             "integer network")
+        integer_kernel, integer_bias, _ = _integer_parameters(kernel, bias, shift, last)
+        arrays[f"kernel_{index}"] = integer_kernel.numpy().astype(np.int16)
+        arrays[f"bias_{index}"] = integer_bias.numpy().astype(np.int64)
+        arrays[f"shift_{index}"] = np.array(int(shift), np.int64)
         input_max = ACTIVATION_MAX
     return arrays
+
+
+def _straight_through(rounding):
+    """`rounding` in the forward pass, identity in the backward pass."""
+    return lambda x: x + tf.stop_gradient(rounding(x) - x)
+
+
+def _round_half_up(x):
+    return tf.math.floor(x + 0.5)
+
+
+def _run(convs, values, layers, num_indexes, training=False):
+    """The integer network on integer-valued float64 `values` (NHWC): float64 indexes.
+
+    layers: per conv (integer kernel, integer bias, divisor), float64. training: rounding with
+    straight-through gradients, and the last clip with tfc's gradient (as its indexed model).
+    """
+    round_div = _straight_through(_round_half_up) if training else _round_half_up
+    for index, (conv, (kernel, bias, divisor)) in enumerate(zip(convs, layers)):
+        values = round_div((conv.linear(values, kernel) + bias) / divisor)
+        if index < len(layers) - 1:
+            values = tf.clip_by_value(values, 0.0, ACTIVATION_MAX)
+        elif training:
+            values = tfc.upper_bound(tfc.lower_bound(values, 0.0), num_indexes - 1.0)
+        else:
+            values = tf.clip_by_value(values, 0.0, num_indexes - 1.0)
+    return values
+
+
+def fake_quantized_indexes(convs, side_hat, num_indexes):
+    """Training form of the integer network: float32 (integer-valued) scale indexes.
+
+    The integer network's exact arithmetic (float64), with kernels, biases and shifts derived
+    from the current float weights as `quantize_network` derives them, and the side latent
+    quantized to A fractional bits as the coder's symbols + offset. Every rounding passes the
+    gradient straight through. Given the side symbols' values (symbols + stored quantization
+    offset), the indexes equal the integer network's (tested on the CPU; it runs wherever the
+    model trains, and a GPU's float64 convolution algorithm might not keep sums exact).
+    """
+    round_even = _straight_through(tf.round)
+    values = round_even(tf.cast(side_hat, tf.float64) * 2.0 ** ACTIVATION_BITS)
+    values = tf.clip_by_value(values, -float(INPUT_MAX), float(INPUT_MAX))
+    layers, input_max = [], INPUT_MAX
+    for index, conv in enumerate(convs):
+        kernel, bias = tf.cast(conv.kernel, tf.float64), tf.cast(conv.bias, tf.float64)
+        last = index == len(convs) - 1
+        shift = layer_shift(tf.stop_gradient(kernel), tf.stop_gradient(bias), input_max, last)
+        with tf.control_dependencies([tf.debugging.assert_non_negative(
+                shift, message=f"hyper-synthesis layer {index}: weights too large for the "
+                               "integer network")]):
+            shift = tf.identity(shift)
+        layers.append(_integer_parameters(kernel, bias, shift, last, round_even))
+        input_max = ACTIVATION_MAX
+    return tf.cast(_run(convs, values, layers, num_indexes, training=True), tf.float32)
 
 
 class IntegerNetwork:
@@ -78,22 +168,20 @@ class IntegerNetwork:
     def __init__(self, arrays, convs, num_indexes):
         self.convs = convs
         self.num_indexes = int(num_indexes)
-        self.input_offset = tf.constant(arrays["input_offset"], tf.int64)
+        self.input_offset = tf.constant(arrays["input_offset"], tf.float64)
         self.layers = []
         input_max = INPUT_MAX
         for index in range(len(convs)):
-            kernel = np.asarray(arrays[f"kernel_{index}"], np.int64)
-            bias = arrays[f"bias_{index}"]
+            kernel = np.asarray(arrays[f"kernel_{index}"], np.float64)
+            bias = np.asarray(arrays[f"bias_{index}"], np.float64)
             shift = int(arrays[f"shift_{index}"])
             last = index == len(convs) - 1
-            divisor = 2 ** (ACTIVATION_BITS + shift if last else shift)
+            divisor = 2.0 ** (ACTIVATION_BITS + shift if last else shift)
             # The exactness proof (module docstring), checked on what will actually run.
             if _magnitude_bound(kernel, bias, input_max, divisor) >= EXACT_BOUND:
                 raise ValueError(f"integer hyper-synthesis layer {index} can exceed 2^52: "
                                  "its sums would not be exact in float64")
-            self.layers.append((tf.constant(kernel, tf.float64), tf.constant(bias, tf.int64),
-                                tf.constant(divisor, tf.int64),
-                                self.num_indexes - 1 if last else ACTIVATION_MAX))
+            self.layers.append(tuple(tf.constant(v, tf.float64) for v in (kernel, bias, divisor)))
             input_max = ACTIVATION_MAX
 
     def __call__(self, symbols):
@@ -101,12 +189,6 @@ class IntegerNetwork:
         # Pinned to the CPU: its float64 convolutions are sums of products (no FFT or
         # Winograd transforms, which would not keep integers integral).
         with tf.device("/CPU:0"):
-            values = tf.cast(symbols, tf.int64) * 2 ** ACTIVATION_BITS + self.input_offset
-            values = tf.clip_by_value(values, -INPUT_MAX, INPUT_MAX)
-            for conv, (kernel, bias, divisor, upper) in zip(self.convs, self.layers):
-                summed = conv.linear(tf.cast(values, tf.float64), kernel)
-                summed = tf.cast(summed, tf.int64) + bias
-                values = tf.math.floordiv(summed + divisor // 2, divisor)
-                values = tf.clip_by_value(values, tf.constant(0, tf.int64),
-                                          tf.constant(upper, tf.int64))
-            return tf.cast(values, tf.int32)
+            values = tf.cast(symbols, tf.float64) * 2.0 ** ACTIVATION_BITS + self.input_offset
+            values = tf.clip_by_value(values, -float(INPUT_MAX), float(INPUT_MAX))
+            return tf.cast(_run(self.convs, values, self.layers, self.num_indexes), tf.int32)
