@@ -140,16 +140,20 @@ def ms_ssim_speed(width, height, runs):
                                                tf.constant(layer, tf.float32), 255.0,
                                                filter_size=metrics.MS_SSIM_FILTER_SIZE))
                 for layer in layers]
-    times, values = dict(compiled=[], eager=[]), {}
-    for run in range(runs + 1):  # the first round traces: not counted
+    times, values, first = dict(compiled=[], eager=[]), {}, {}
+    for run in range(runs + 1):  # the first round traces and compiles: reported apart
         for name, function in (("compiled", compiled), ("eager", eager)):
             start = time.perf_counter()
             values[name] = function()
+            seconds = time.perf_counter() - start
             if run:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
+            else:
+                first[name] = seconds
     float64 = [metrics.ms_ssim(reference, layer, "float64") for layer in layers]
     compiled_s, eager_s = statistics.median(times["compiled"]), statistics.median(times["eager"])
     return dict(size=f"{width}x{height}", layers=len(layers), runs=runs, times=times,
+                first_round_s=first,
                 compiled_s=compiled_s, eager_s=eager_s, speedup=eager_s / compiled_s,
                 compiled_values=values["compiled"], eager_values=values["eager"],
                 float64_values=float64,
@@ -160,7 +164,7 @@ def ms_ssim_speed(width, height, runs):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default=DEFAULT_SIZES)
+    p.add_argument("--sizes", default=DEFAULT_SIZES, help="WxH,...; 'none': no memory runs")
     p.add_argument("--tile", type=int, default=None, help="default: models.tiling.DEFAULT_TILE")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--ms_ssim_size", default="4000x3000", help="WxH; 'none' skips it")
@@ -173,7 +177,8 @@ def main(argv=None):
     if args.child:
         code_child(*(int(v) for v in args.child.split("x")), tile)
         return 0
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sizes = ([] if args.sizes == "none"
+             else [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")])
     report = dict(filters=list(DEFAULT_FILTERS), entropy_model="hyperprior", tile=tile,
                   command=" ".join(sys.argv), started=time.strftime("%Y-%m-%d %H:%M:%S"),
                   load_average_start=os.getloadavg(), memory=[])
@@ -192,7 +197,7 @@ def main(argv=None):
     peaks = [r.get("peak_rss_mib") for r in report["memory"][1:]]
     if len(peaks) == 2 and all(peaks):
         report["peak_growth_12_to_24_mp"] = peaks[1] / peaks[0]
-    if not args.skip_ratio:
+    if sizes and not args.skip_ratio:
         report["tiled_over_whole"] = tiled_over_whole(*sizes[0], tile, args.runs)
         print(json.dumps(report["tiled_over_whole"]), flush=True)
         save()
