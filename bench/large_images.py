@@ -7,13 +7,15 @@ The quality-scalable model with the paper's filters (96, 120, 144, 196) and the 
 untrained (memory and time do not depend on training). The inputs are a real photo (Kodak's
 kodim01 when present, else scikit-image's astronaut) upscaled to each size.
 
-- per size, in a fresh subprocess: peak RSS (VmHWM) of encode (streams and every layer's
-  reconstruction, as eval_quality.py) + decode of all layers, through codec.streams.Codec with
-  the default tile (models/tiling.py), and the encode and decode seconds per megapixel;
+- per size, in a fresh subprocess: peak RSS (VmHWM) of what eval_quality.py does with one
+  image (pipeline.evaluation.evaluate_image: encode with every layer's reconstruction, decode
+  of all layers from the files, PSNR and MS-SSIM of each) with the default tile
+  (models/tiling.py), and the encode and decode seconds per megapixel;
 - at the first size (2 MP): the tiled/whole time ratio (encode with reconstructions, and
   decode), whole (tile 0) and tiled alternating in one process, median of --runs;
-- MS-SSIM of a 12 MP image: pipeline/metrics.ms_ssim against eager tf.image.ssim_multiscale
-  (what metrics.py did before), and both values.
+- MS-SSIM of the four layers of a 12 MP evaluation: pipeline/metrics.ms_ssim against eager
+  tf.image.ssim_multiscale (what metrics.py did before), alternating, and the values of
+  both and of a float64 run.
 
 Writes JSON after each part (a later failure keeps what was measured).
 """
@@ -49,20 +51,22 @@ def photo(width, height, path=DEFAULT_IMAGE):
 
 
 def code_child(width, height, tile):
-    """In a fresh process: encode (with reconstructions) + decode every layer; JSON line."""
+    """In a fresh process: what eval_quality.py does with one image (encode with
+    reconstructions, decode every layer from the files, PSNR and MS-SSIM of every layer);
+    one JSON line with the peak RSS and the times."""
+    from pipeline.evaluation import evaluate_image
     codec = build_codec(DEFAULT_FILTERS, (250.0, 100.0, 50.0, 25.0), "hyperprior")
     codec.tile = tile
     image = photo(width, height)
     result = dict(size=f"{width}x{height}", megapixels=width * height / 1e6, tile=tile)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        encoded = codec.encode([image] * len(DEFAULT_FILTERS), folder)
-        result["encode_s"] = time.perf_counter() - start
-        result["stream_bytes"] = [size for size, _, _ in encoded]
-        del encoded
-        start = time.perf_counter()
-        codec.decode(folder)
-        result["decode_s"] = time.perf_counter() - start
+        layers, result["encode_s"], result["decode_s"] = evaluate_image(
+            codec, "photo", [image] * len(DEFAULT_FILTERS), folder, len(DEFAULT_FILTERS))
+        result["metrics_s"] = (time.perf_counter() - start - result["encode_s"]
+                               - result["decode_s"])
+    result["stream_bytes"] = [layer["bytes"] for layer in layers]
+    result["psnr"] = [layer["psnr"] for layer in layers]
     result["peak_rss_mib"] = peak_rss_mib()
     for key in ("encode", "decode"):
         result[f"{key}_s_per_mp"] = result[f"{key}_s"] / result["megapixels"]
@@ -107,33 +111,60 @@ def tiled_over_whole(width, height, tile, runs):
     return out
 
 
+MS_SSIM_JPEG_QUALITIES = (10, 30, 50, 80)  # four decoded "layers", as eval measures them
+
+
 def ms_ssim_speed(width, height, runs):
-    """pipeline.metrics.ms_ssim vs eager tf.image.ssim_multiscale on a width x height image
-    and a JPEG-compressed copy of it."""
+    """MS-SSIM of every layer of one evaluation, as eval does it: pipeline.metrics.ms_ssim
+    against eager tf.image.ssim_multiscale (what metrics.py called before), alternating, on a
+    width x height photo and four JPEG-compressed copies of it; the values of both and of a
+    float64 run of the definition."""
     import io
+    import statistics
     import numpy as np
     import tensorflow as tf
     from PIL import Image
     from pipeline import metrics
     reference = photo(width, height)
-    buffer = io.BytesIO()
-    Image.fromarray(reference).save(buffer, "JPEG", quality=40)
-    decoded = np.asarray(Image.open(buffer).convert("RGB"))
-    new_s, _, new = median_time(lambda: metrics.ms_ssim(reference, decoded), runs, 1)
+    layers = []
+    for quality in MS_SSIM_JPEG_QUALITIES:
+        buffer = io.BytesIO()
+        Image.fromarray(reference).save(buffer, "JPEG", quality=quality)
+        layers.append(np.asarray(Image.open(buffer).convert("RGB")))
+
+    def compiled():
+        return [metrics.ms_ssim(reference, layer) for layer in layers]
 
     def eager():
-        return float(tf.image.ssim_multiscale(tf.constant(reference, tf.float32),
-                                              tf.constant(decoded, tf.float32), 255.0,
-                                              filter_size=metrics.MS_SSIM_FILTER_SIZE))
-    eager_s, _, old = median_time(eager, runs, 0)
-    return dict(size=f"{width}x{height}", runs=runs, compiled_s=new_s, eager_s=eager_s,
-                speedup=eager_s / new_s, compiled_value=new, eager_value=old,
-                difference=new - old)
+        return [float(tf.image.ssim_multiscale(tf.constant(reference, tf.float32),
+                                               tf.constant(layer, tf.float32), 255.0,
+                                               filter_size=metrics.MS_SSIM_FILTER_SIZE))
+                for layer in layers]
+    times, values, first = dict(compiled=[], eager=[]), {}, {}
+    for run in range(runs + 1):  # the first round traces and compiles: reported apart
+        for name, function in (("compiled", compiled), ("eager", eager)):
+            start = time.perf_counter()
+            values[name] = function()
+            seconds = time.perf_counter() - start
+            if run:
+                times[name].append(seconds)
+            else:
+                first[name] = seconds
+    float64 = [metrics.ms_ssim(reference, layer, "float64") for layer in layers]
+    compiled_s, eager_s = statistics.median(times["compiled"]), statistics.median(times["eager"])
+    return dict(size=f"{width}x{height}", layers=len(layers), runs=runs, times=times,
+                first_round_s=first,
+                compiled_s=compiled_s, eager_s=eager_s, speedup=eager_s / compiled_s,
+                compiled_values=values["compiled"], eager_values=values["eager"],
+                float64_values=float64,
+                compiled_minus_float64=max(abs(a - b)
+                                           for a, b in zip(values["compiled"], float64)),
+                eager_minus_float64=max(abs(a - b) for a, b in zip(values["eager"], float64)))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default=DEFAULT_SIZES)
+    p.add_argument("--sizes", default=DEFAULT_SIZES, help="WxH,...; 'none': no memory runs")
     p.add_argument("--tile", type=int, default=None, help="default: models.tiling.DEFAULT_TILE")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--ms_ssim_size", default="4000x3000", help="WxH; 'none' skips it")
@@ -146,7 +177,8 @@ def main(argv=None):
     if args.child:
         code_child(*(int(v) for v in args.child.split("x")), tile)
         return 0
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sizes = ([] if args.sizes == "none"
+             else [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")])
     report = dict(filters=list(DEFAULT_FILTERS), entropy_model="hyperprior", tile=tile,
                   command=" ".join(sys.argv), started=time.strftime("%Y-%m-%d %H:%M:%S"),
                   load_average_start=os.getloadavg(), memory=[])
@@ -165,7 +197,7 @@ def main(argv=None):
     peaks = [r.get("peak_rss_mib") for r in report["memory"][1:]]
     if len(peaks) == 2 and all(peaks):
         report["peak_growth_12_to_24_mp"] = peaks[1] / peaks[0]
-    if not args.skip_ratio:
+    if sizes and not args.skip_ratio:
         report["tiled_over_whole"] = tiled_over_whole(*sizes[0], tile, args.runs)
         print(json.dumps(report["tiled_over_whole"]), flush=True)
         save()

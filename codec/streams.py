@@ -47,10 +47,14 @@ class Codec:
         Returns per layer (bytes written, estimated bits, encoder-side reconstruction; None
         with reconstruct=False, which skips the synthesis transforms).
         """
-        padded = [pad_to_multiple(level, PAD_MULTIPLE) for level in levels]
-        codes = self.model.compress(padded, reconstruct, self.tile)
+        return list(self.encode_layers(levels, folder, reconstruct))
+
+    def encode_layers(self, levels, folder, reconstruct=True):
+        """As encode, but yields each layer's (bytes, bits, reconstruction) once its stream
+        file is written, so that a caller dropping each reconstruction holds one at a time."""
         os.makedirs(folder, exist_ok=True)
-        results, parent = [], bitstream.BASE_PARENT_DIGEST
+        parent = bitstream.BASE_PARENT_DIGEST
+        codes = self.model.compress_layers(_padded_once(levels), reconstruct, self.tile)
         for k, (name, level, code) in enumerate(zip(self.config.layer_names, levels, codes)):
             stream = bitstream.LayerStream(
                 mode=self.config.mode, layer_index=k, layer_name=name,
@@ -63,10 +67,11 @@ class Codec:
             write_file_atomic(os.path.join(folder, bitstream.stream_filename(name)), data)
             parent = bitstream.stream_digest(data)
             height, width = level.shape[:2]
-            reconstruction = code["reconstruction"]
-            results.append((len(data), code["bits"],
-                            None if reconstruction is None else reconstruction[:height, :width]))
-        return results
+            bits, reconstruction = code["bits"], code["reconstruction"]
+            del code, stream
+            yield (len(data), bits,
+                   None if reconstruction is None else reconstruction[:height, :width])
+            del reconstruction
 
     def check_streams(self, folder, num_layers=None):
         """Read and check the first `num_layers` streams in `folder` (BitstreamError if bad)."""
@@ -76,50 +81,90 @@ class Codec:
             config_digest=self.config_digest, weights_digest=self.weights_digest,
             tables_digest=self.tables_digest)
 
-    def decode(self, folder, num_layers=None, last_only=False):
+    def decode(self, folder, num_layers=None, last_only=False, keep_images=True):
         """Read and check the first `num_layers` streams in `folder`, decode, write rec PNGs.
 
         Every stream is checked before any PNG is written. last_only=True synthesizes and
         writes only the top decoded layer (its entry alone is not None). Returns
-        (reconstructions, sizes in bytes of the streams).
+        (reconstructions, sizes in bytes of the streams); keep_images: see decode_streams.
         """
-        return self.decode_streams(folder, self.check_streams(folder, num_layers), last_only)
+        return self.decode_streams(folder, self.check_streams(folder, num_layers), last_only,
+                                   keep_images)
 
-    def decode_streams(self, folder, streams, last_only=False):
+    def decode_streams(self, folder, streams, last_only=False, keep_images=True):
         """Decode already checked streams (from check_streams) into rec PNGs in `folder`.
 
         Every layer's entropy-decoded symbols are verified against the checksums in its
         header before any PNG is written; a mismatch, or any TensorFlow error while
-        decoding, is a BitstreamError naming the layer's file.
+        decoding, is a BitstreamError naming the layer's file. Each layer's PNG is written
+        to a hidden pending file as soon as it is synthesized and renamed into place once
+        every layer is verified (removed on an error), so one reconstruction is held at a
+        time. Returns (reconstructions, sizes in bytes of the streams); with
+        keep_images=False the reconstructions are dropped and their entries are the PNGs'
+        paths instead (None where last_only skipped a layer).
         """
         def path(stream):
             return os.path.join(folder, bitstream.stream_filename(stream.layer_name))
 
+        pending, images = [], []
         try:
-            decoded = self.model.decode_layers([(s.strings, s.shapes) for s in streams],
-                                               last_only, self.tile)
+            decoded = self.model.iter_decode([(s.strings, s.shapes) for s in streams],
+                                             last_only, self.tile)
+            for stream, layer in zip(streams, decoded):
+                found = tuple(map(bitstream.symbols_checksum, layer["symbols"]))
+                if found != stream.symbol_crcs:
+                    raise bitstream.BitstreamError(
+                        f"{path(stream)}: layer {stream.layer_name}: the entropy-decoded "
+                        "symbols do not match the encoder's checksum (a damaged payload, or a "
+                        "decoder out of step with the encoder): nothing written for it")
+                image = layer.pop("reconstruction")
+                del layer
+                if image is None:
+                    images.append(None)
+                    continue
+                height, width = stream.image_size
+                image = image[:height, :width]
+                final = os.path.join(folder, rec_filename(stream.layer_name))
+                pending.append((os.path.join(folder, f".{rec_filename(stream.layer_name)}"
+                                                     ".pending"), final))
+                write_png(pending[-1][0], image)
+                images.append(image if keep_images else final)
+                del image
         except DecodingError as error:
             stream = next(s for s in streams if s.layer_name == error.layer_name)
+            _remove(name for name, _ in pending)
             raise bitstream.BitstreamError(
                 f"{path(stream)}: {error}: the file is damaged, or was not made by this "
                 "codec's checkpoint") from None
-        for stream, layer in zip(streams, decoded):
-            found = tuple(map(bitstream.symbols_checksum, layer["symbols"]))
-            if found != stream.symbol_crcs:
-                raise bitstream.BitstreamError(
-                    f"{path(stream)}: layer {stream.layer_name}: the entropy-decoded symbols "
-                    "do not match the encoder's checksum (a damaged payload, or a decoder "
-                    "out of step with the encoder): nothing written for it")
-        reconstructions = []
-        for stream, image in zip(streams, (layer["reconstruction"] for layer in decoded)):
-            if image is not None:
-                height, width = stream.image_size
-                image = image[:height, :width]
-                write_png(os.path.join(folder, rec_filename(stream.layer_name)), image)
-            reconstructions.append(image)
-        sizes = [os.path.getsize(os.path.join(folder, bitstream.stream_filename(s.layer_name)))
-                 for s in streams]
-        return reconstructions, sizes
+        except BaseException:
+            _remove(name for name, _ in pending)
+            raise
+        for name, final in pending:
+            os.replace(name, final)
+        sizes = [os.path.getsize(path(s)) for s in streams]
+        return images, sizes
+
+
+def _remove(paths):
+    for name in paths:
+        try:
+            os.remove(name)
+        except OSError:
+            pass
+
+
+def _padded_once(levels):
+    """Each level padded to a multiple of PAD_MULTIPLE, lazily; a level equal (the same
+    array) to the one before reuses its padded copy, and one already of such sides is
+    not copied (the quality mode codes one image in every layer)."""
+    source = padded = None
+    for level in levels:
+        if level is not source:
+            source, padded = level, None  # drop the previous copy before making the next
+            height, width = level.shape[:2]
+            padded = (level if height % PAD_MULTIPLE == 0 and width % PAD_MULTIPLE == 0
+                      else pad_to_multiple(level, PAD_MULTIPLE))
+        yield padded
 
 
 def _holds_streams(folder):

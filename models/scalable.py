@@ -282,30 +282,37 @@ class ScalableModel(tf.keras.Model):
             raise RuntimeError("call prepare_coding() after loading the weights")
 
     def compress(self, levels, reconstruct=True, tile=tiling.DEFAULT_TILE):
-        """Code every layer.
+        """Code every layer: the list of compress_layers' dicts (every reconstruction held)."""
+        return list(self.compress_layers(levels, reconstruct, tile))
+
+    def compress_layers(self, levels, reconstruct=True, tile=tiling.DEFAULT_TILE):
+        """Code every layer, yielding each layer's code as soon as it is made.
 
         levels: one uint8 HxWx3 array per layer (sides multiples of PAD_MULTIPLE).
-        Returns per layer a dict: `strings` (list of bytes), `shapes` (flat list of ints),
+        Yields per layer a dict: `strings` (list of bytes), `shapes` (flat list of ints),
         `bits` (estimated from the likelihoods), `symbols` (per string the int32 array of
         symbols it codes) and `reconstruction` (uint8, padded size),
         the exact image a decoder of the same weights produces. reconstruct=False skips
         the synthesis transforms (a sender needs only the streams): `reconstruction` is None.
+        Only the context (1/16 resolution) is kept between layers, so a caller that drops
+        each reconstruction before the next holds one image-sized array at a time.
         tile: side in pixels of the tiles the analysis and synthesis transforms run over
         (models/tiling.py; 0 or None: the whole image at once). The streams do not depend on
         it beyond float rounding.
         """
         self._check_coding()
-        codes, context = [], None
+        context = None
         for k, level in enumerate(levels):
             latent = tf.constant(self._analyse(k, level, tile))
             args = [latent] + ([] if k == 0 else [context])
+            del latent
             strings, shapes, bits, symbols, context = self._encoder(k)(*args)
-            codes.append(dict(
+            del args
+            yield dict(
                 strings=[s.numpy()[0] for s in strings],
                 shapes=[int(v) for shape in shapes for v in shape.numpy()],
                 bits=float(bits), symbols=[s.numpy() for s in symbols],
-                reconstruction=self._synthesize(k, context, tile) if reconstruct else None))
-        return codes
+                reconstruction=self._synthesize(k, context, tile) if reconstruct else None)
 
     def decompress(self, codes, last_only=False, tile=tiling.DEFAULT_TILE):
         """Decode the first len(codes) layers: one uint8 reconstruction (padded size) per layer,
@@ -313,18 +320,23 @@ class ScalableModel(tf.keras.Model):
         return [layer["reconstruction"] for layer in self.decode_layers(codes, last_only, tile)]
 
     def decode_layers(self, codes, last_only=False, tile=tiling.DEFAULT_TILE):
-        """Decode the first len(codes) layers from (strings, flat shapes) pairs.
+        """Decode the first len(codes) layers: the list of iter_decode's dicts."""
+        return list(self.iter_decode(codes, last_only, tile))
 
-        Uses no analysis transform and nothing of the layers above. Returns per decoded layer
+    def iter_decode(self, codes, last_only=False, tile=tiling.DEFAULT_TILE):
+        """Decode the first len(codes) layers from (strings, flat shapes) pairs, yielding
+        each layer as soon as it is decoded.
+
+        Uses no analysis transform and nothing of the layers above. Yields per decoded layer
         a dict: `symbols` (per string the int32 array the entropy decoder produced) and
         `reconstruction` (uint8, padded size); with last_only=True only the top layer is
         synthesized (the lower layers' latents are still decoded: they are its context) and
-        the other reconstructions are None. tile: as in compress. A TensorFlow error while
-        decoding layer k (a damaged or desynchronised stream) raises DecodingError naming the
-        layer.
+        the other reconstructions are None. tile: as in compress_layers. A TensorFlow error
+        while decoding layer k (a damaged or desynchronised stream) raises DecodingError
+        naming the layer.
         """
         self._check_coding()
-        layers, context = [], None
+        context = None
         for k, (strings, shapes) in enumerate(codes):
             name = self.config.layer_names[k]
             sizes = [spec.shape[0] for spec in self.entropy[k].shape_specs()]
@@ -342,7 +354,7 @@ class ScalableModel(tf.keras.Model):
                 symbols, context = self._decoder(k)(*args)
             except tf.errors.OpError as error:
                 raise DecodingError(name, error) from None
-            layers.append(dict(
+            del args
+            yield dict(
                 symbols=[s.numpy() for s in symbols],
-                reconstruction=self._synthesize(k, context, tile) if reconstruct else None))
-        return layers
+                reconstruction=self._synthesize(k, context, tile) if reconstruct else None)

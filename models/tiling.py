@@ -39,15 +39,18 @@ def reach(transform):
 
     Walks the convolutions in order, tracking the size of one sample of the current layer's
     input in units of the transform's input. A correlation with an odd kernel k and "same"
-    padding reaches (k - 1) / 2 of its input samples; an upsampling convolution by s reaches
-    (k - 1) / 2 of its output samples, plus up to (s - 1) / s of an input sample for where
-    the upsampled grid places its input. GDN mixes channels only and adds no reach.
+    padding reaches (k - 1) / 2 of its input samples. An upsampling convolution by s first
+    puts input sample i at output position s * i (zeros between), then correlates: it
+    reaches (k - 1) / 2 of its output samples, (k - 1) / (2 s) of its input samples, from
+    an output sample's position (output p sits at p / s input samples). GDN mixes channels
+    only and adds no reach. tests/test_tiling.py checks both transforms' reach against the
+    measured extent of the gradients.
     """
     total, unit = 0.0, 1.0
     for layer in convolutions(transform):
         half = (max(layer.kernel_support) - 1) / 2
         down, up = layer.strides_down[0], layer.strides_up[0]
-        total += (half / up + (up - 1) / up) * unit
+        total += half / up * unit
         unit = unit * down / up
     return total
 
@@ -68,6 +71,24 @@ def spans(size, tile, align):
     return [(start, min(start + step, size)) for start in range(0, size, step)]
 
 
+def windows(size, tile, halo_size, align):
+    """Per span of spans(size, tile, align): (kept span, input window around it).
+
+    Every window has the same length (the longest span plus a halo each side, at most
+    size), shifted inwards at the image's edges: it then holds at least `halo_size` samples
+    either side of its span, or reaches the image's edge, where the transform pads as it
+    does for the whole image. One window shape per image keeps the convolution libraries'
+    per-shape state (kernels, reordered weights, scratch buffers) to one shape.
+    """
+    kept = spans(size, tile, align)
+    length = min(size, max(end - start for start, end in kept) + 2 * halo_size)
+    result = []
+    for start, end in kept:
+        first = max(0, min(start - halo_size, size - length))
+        result.append(((start, end), (first, first + length)))
+    return result
+
+
 def apply_tiled(function, inputs, tile, halo_size, align, scale):
     """function applied to the (1, H, W, C) array `inputs`, over tiles; a numpy result.
 
@@ -75,17 +96,17 @@ def apply_tiled(function, inputs, tile, halo_size, align, scale):
     outputs that depend on inputs within `halo_size` samples only. tile, halo_size and align
     are in input samples (tile 0 or None: the whole input at once, as one call); scale is the
     output/input size ratio (1/16 for an analysis, 16 for a synthesis). Tiles start on
-    multiples of `align`, so that output positions fall on whole output samples.
+    multiples of `align`, so that output positions fall on whole output samples; all tiles
+    of one image have the same shape (see windows).
     """
     height, width = inputs.shape[1:3]
-    rows, cols = spans(height, tile, align), spans(width, tile, align)
+    rows = windows(height, tile, halo_size, align)
+    cols = windows(width, tile, halo_size, align)
     if len(rows) == 1 and len(cols) == 1:
         return np.asarray(function(inputs))
     output = None
-    for top, bottom in rows:
-        for left, right in cols:
-            t, l = max(0, top - halo_size), max(0, left - halo_size)
-            b, r = min(height, bottom + halo_size), min(width, right + halo_size)
+    for (top, bottom), (t, b) in rows:
+        for (left, right), (l, r) in cols:
             result = np.asarray(function(inputs[:, t:b, l:r]))
             if output is None:
                 output = np.empty((1, round(height * scale), round(width * scale),

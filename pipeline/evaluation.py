@@ -7,6 +7,7 @@ pixels with the input (or the input's pyramid level in spatial mode).
 """
 
 import collections
+import hashlib
 import json
 import math
 import os
@@ -35,7 +36,8 @@ def _finite_or_none(value):
 
 def measure(codec, levels, encoded, reconstructions):
     """Per-layer results (FIELDS): rates of layers 0..k over the pixels of layer k's image,
-    layer k's own rate, quality."""
+    layer k's own rate, quality. reconstructions: any iterable of the decoded images (read
+    one at a time when it is a generator)."""
     spatial = codec.config.mode == "spatial"
     layers, total_bytes, total_bits, summed_bpp = [], 0, 0.0, 0.0
     for name, level, (size, bits, _), decoded in zip(
@@ -49,11 +51,16 @@ def measure(codec, levels, encoded, reconstructions):
                      layer_bpp=metrics.bpp(size, pixels),
                      psnr=_finite_or_none(metrics.psnr(level, decoded)),
                      ms_ssim=_finite_or_none(metrics.ms_ssim(level, decoded)))
+        del decoded  # before the next one is read
         if spatial:
             entry.update(height=level.shape[0], width=level.shape[1],
                          summed_eval_bpp=summed_bpp)
         layers.append(entry)
     return layers
+
+
+def _image_digest(image):
+    return hashlib.sha256(np.ascontiguousarray(image)).digest()
 
 
 def average_layers(images):
@@ -127,6 +134,35 @@ def output_folders(inputs, output_folder):
     return folders
 
 
+def evaluate_image(codec, path, levels, folder, num_layers):
+    """Encode one image's levels into `folder`, decode its first num_layers layers from the
+    files, measure them: (per-layer results, encode seconds, decode seconds).
+
+    One image-sized array at a time besides the levels: each layer's encoder-side
+    reconstruction is reduced to a digest once made, and the decoded PNGs are read back one
+    by one for the metrics (and checked against those digests).
+    """
+    start = time.monotonic()
+    encoded = [(size, bits, _image_digest(reconstruction))
+               for size, bits, reconstruction in codec.encode_layers(levels, folder)]
+    encode_seconds = time.monotonic() - start
+    start = time.monotonic()
+    png_paths, _ = codec.decode(folder, num_layers, keep_images=False)
+    decode_seconds = time.monotonic() - start
+
+    def decoded_images():
+        for k, png_path in enumerate(png_paths):
+            decoded = read_image(png_path)
+            if _image_digest(decoded) != encoded[k][2]:
+                print(f"warning: {path}: decoded layer {codec.config.layer_names[k]} differs "
+                      "from the encoder's reconstruction (non-deterministic kernels?)")
+            yield decoded
+            del decoded
+
+    layers = measure(codec, levels[:num_layers], encoded[:num_layers], decoded_images())
+    return layers, encode_seconds, decode_seconds
+
+
 def evaluate(codec, inputs, output_folder, num_layers=None, make_levels=None):
     """Evaluate every input; write streams, PNGs and results.json; return the results.
 
@@ -149,17 +185,8 @@ def evaluate(codec, inputs, output_folder, num_layers=None, make_levels=None):
             print(f"skipped: {error}", flush=True)
             skipped.append(path)
             continue
-        start = time.monotonic()
-        encoded = codec.encode(levels, folder)
-        encode_seconds = time.monotonic() - start
-        start = time.monotonic()
-        reconstructions, _ = codec.decode(folder, num_layers)
-        decode_seconds = time.monotonic() - start
-        for k, decoded in enumerate(reconstructions):
-            if not np.array_equal(decoded, encoded[k][2]):
-                print(f"warning: {path}: decoded layer {codec.config.layer_names[k]} differs "
-                      "from the encoder's reconstruction (non-deterministic kernels?)")
-        layers = measure(codec, levels[:num_layers], encoded[:num_layers], reconstructions)
+        layers, encode_seconds, decode_seconds = evaluate_image(codec, path, levels, folder,
+                                                                num_layers)
         height, width = levels[-1].shape[:2]
         results.append(dict(image=path, height=height, width=width, layers=layers))
         print(f"{progress(index + 1, len(inputs), time.monotonic() - started)} {path} "
@@ -193,10 +220,10 @@ def decompress_folders(codec, output_folder, num_layers=None, last_only=False):
     # Check every folder's streams first: one bad file anywhere and no PNG is written.
     checked = [codec.check_streams(folder, num_layers) for folder in folders]
     for folder, streams in zip(folders, checked):
-        reconstructions, sizes = codec.decode_streams(folder, streams, last_only)
-        names = codec.config.layer_names[:num_layers]
-        described = ", ".join(f"{rec_filename(n)} {r.shape[1]}x{r.shape[0]} ({s} bytes)"
-                              for n, r, s in zip(names, reconstructions, sizes)
-                              if r is not None)
+        png_paths, sizes = codec.decode_streams(folder, streams, last_only, keep_images=False)
+        described = ", ".join(
+            f"{rec_filename(stream.layer_name)} {stream.image_size[1]}x{stream.image_size[0]} "
+            f"({size} bytes)"
+            for stream, png_path, size in zip(streams, png_paths, sizes) if png_path is not None)
         print(f"{folder}: decoded {described}", flush=True)
     return folders

@@ -25,19 +25,33 @@ def psnr_from_mse(mse, max_value=255.0):
     return 10.0 * math.log10(max_value**2 / mse)
 
 
+PSNR_STRIP_ROWS = 256
+
+
 def psnr(reference, decoded, max_value=255.0):
-    """PSNR in dB between two uint8 images (computed in float64); inf when identical."""
-    reference = np.asarray(reference, dtype=np.float64)
-    decoded = np.asarray(decoded, dtype=np.float64)
+    """PSNR in dB between two images (float64 mean of the squared error); inf when identical.
+
+    uint8 images are compared exactly in integers over strips of rows (a few bytes per
+    pixel of one strip at a time instead of float64 copies of both images)."""
+    reference, decoded = np.asarray(reference), np.asarray(decoded)
     _check_same_shape(reference, decoded)
-    return psnr_from_mse(float(np.mean(np.square(reference - decoded))), max_value)
+    if reference.dtype != np.uint8 or decoded.dtype != np.uint8:
+        difference = reference.astype(np.float64) - decoded.astype(np.float64)
+        return psnr_from_mse(float(np.mean(np.square(difference))), max_value)
+    squared_error = 0
+    for top in range(0, reference.shape[0], PSNR_STRIP_ROWS):
+        difference = (reference[top:top + PSNR_STRIP_ROWS].astype(np.int32)
+                      - decoded[top:top + PSNR_STRIP_ROWS])
+        squared_error += int(np.sum(np.square(difference), dtype=np.int64))
+    return psnr_from_mse(squared_error / reference.size, max_value)
 
 
 # MS-SSIM as tf.image.ssim_multiscale computes it (5 scales, these power factors, Gaussian
 # filter of sigma 1.5, k1 = 0.01, k2 = 0.03, "valid" filtering, 2x2 average pooling after a
-# symmetric pad to even sides), but through compiled functions with relaxed shapes, the
-# Gaussian applied as two 1-D passes, and the per-scale means summed over strips of rows in
-# float64: seconds instead of minutes on a 12 MP image, and bounded memory.
+# symmetric pad to even sides), but through compiled functions (XLA for the per-scale sums),
+# the Gaussian applied as two 1-D passes, the (co)variances from centred samples, and the
+# per-scale means summed over strips of rows in float64: seconds instead of minutes on a
+# 12 MP image, and bounded memory.
 MS_SSIM_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MS_SSIM_SIGMA = 1.5
 MS_SSIM_STRIP_ROWS = 512
@@ -50,30 +64,45 @@ class _MsSsimFunctions:
     def __init__(self, dtype="float32"):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         self.tf = tf
+        self.dtype = dtype
         size = MS_SSIM_FILTER_SIZE
-        coords = tf.range(size, dtype=dtype) - (size - 1) / 2.0
-        gauss = tf.nn.softmax(tf.square(coords) * (-0.5 / MS_SSIM_SIGMA ** 2))
-        channels = 12  # x, y, x*y, x^2 + y^2 for 3 colour channels
-        self.horizontal = tf.tile(tf.reshape(gauss, (1, size, 1, 1)), (1, 1, channels, 1))
-        self.vertical = tf.tile(tf.reshape(gauss, (size, 1, 1, 1)), (1, 1, channels, 1))
+        coords = np.arange(size) - (size - 1) / 2.0
+        gauss = np.exp(np.square(coords) * (-0.5 / MS_SSIM_SIGMA ** 2))
+        self.taps = [float(v) for v in gauss / gauss.sum()]
         image = tf.TensorSpec((None, None, 3), dtype)
-        self.sums = tf.function(self._sums, input_signature=[image, image])
+        # XLA fuses the filter's shifted sums and the SSIM terms into a few passes over the
+        # strip; it compiles once per strip shape (two per scale and image size).
+        self.sums = tf.function(self._sums, input_signature=[image, image], jit_compile=True)
         self.downsample = tf.function(self._downsample, input_signature=[image])
 
+    def _filter(self, values, axis):
+        """The Gaussian along `axis` (0: rows, 1: columns), "valid": 10 samples shorter."""
+        length = self.tf.shape(values)[axis] - (len(self.taps) - 1)
+        total = None
+        for offset, tap in enumerate(self.taps):
+            part = values[offset:offset + length] if axis == 0 else \
+                values[:, offset:offset + length]
+            total = tap * part if total is None else total + tap * part
+        return total
+
     def _sums(self, x, y):
-        """Per channel: sums of the contrast-structure map and of luminance * cs, in float64."""
+        """Per channel: sums of the contrast-structure map and of luminance * cs, in float64.
+
+        The (co)variances are computed from the samples less 128 (the same values: they do
+        not depend on an offset), which halves their magnitudes and so the float rounding
+        of E[x^2] - E[x]^2."""
         tf = self.tf
-        stack = tf.concat([x, y, x * y, tf.square(x) + tf.square(y)], axis=-1)[None]
-        means = tf.nn.depthwise_conv2d(stack, self.horizontal, [1, 1, 1, 1], "VALID")
-        means = tf.nn.depthwise_conv2d(means, self.vertical, [1, 1, 1, 1], "VALID")
+        x, y = x - 128.0, y - 128.0
+        stack = tf.concat([x, y, x * y, tf.square(x) + tf.square(y)], axis=-1)
+        means = self._filter(self._filter(stack, 1), 0)
         mean_x, mean_y, mean_xy, mean_squares = tf.split(means, 4, axis=-1)
         c1, c2 = (_K1 * 255.0) ** 2, (_K2 * 255.0) ** 2
-        num0 = mean_x * mean_y * 2.0
-        den0 = tf.square(mean_x) + tf.square(mean_y)
-        luminance = (num0 + c1) / (den0 + c1)
-        cs = (mean_xy * 2.0 - num0 + c2) / (mean_squares - den0 + c2)
-        return (tf.reduce_sum(tf.cast(cs, tf.float64), axis=(0, 1, 2)),
-                tf.reduce_sum(tf.cast(luminance * cs, tf.float64), axis=(0, 1, 2)))
+        cs = ((mean_xy - mean_x * mean_y) * 2.0 + c2) / (
+            mean_squares - tf.square(mean_x) - tf.square(mean_y) + c2)
+        mean_x, mean_y = mean_x + 128.0, mean_y + 128.0
+        luminance = (mean_x * mean_y * 2.0 + c1) / (tf.square(mean_x) + tf.square(mean_y) + c1)
+        return (tf.reduce_sum(tf.cast(cs, tf.float64), axis=(0, 1)),
+                tf.reduce_sum(tf.cast(luminance * cs, tf.float64), axis=(0, 1)))
 
     def _downsample(self, x):
         tf = self.tf
@@ -82,18 +111,32 @@ class _MsSsimFunctions:
         return tf.nn.avg_pool2d(x[None], 2, 2, "VALID")[0]
 
     def scale_means(self, x, y):
-        """Means over the image of cs and of luminance * cs (per channel), over row strips."""
-        import numpy as np  # pylint: disable=import-outside-toplevel,reimported
+        """Means over the image of cs and of luminance * cs (per channel), over row strips
+        (x and y of any dtype: each strip is converted on its own)."""
         height, width = x.shape[:2]
         rows = height - MS_SSIM_FILTER_SIZE + 1  # rows of the "valid" maps
         cs_sum, ssim_sum = np.zeros(3), np.zeros(3)
         for top in range(0, rows, MS_SSIM_STRIP_ROWS):
             bottom = min(rows, top + MS_SSIM_STRIP_ROWS) + MS_SSIM_FILTER_SIZE - 1
-            cs, ssim = self.sums(x[top:bottom], y[top:bottom])
+            cs, ssim = self.sums(self.strip(x, top, bottom), self.strip(y, top, bottom))
             cs_sum += cs.numpy()
             ssim_sum += ssim.numpy()
         count = rows * (width - MS_SSIM_FILTER_SIZE + 1)
         return cs_sum / count, ssim_sum / count
+
+    def halved(self, image):
+        """The next scale of `image` (any dtype), made over strips of an even number of rows
+        (only the last may be odd, where the symmetric pad repeats its last row)."""
+        height, width = image.shape[:2]
+        output = np.empty(((height + 1) // 2, (width + 1) // 2, 3), self.dtype)
+        step = 2 * MS_SSIM_STRIP_ROWS
+        for top in range(0, height, step):
+            output[top // 2:(top + step) // 2] = self.downsample(
+                self.strip(image, top, top + step)).numpy()
+        return output
+
+    def strip(self, image, top, bottom):
+        return np.asarray(image[top:bottom], self.dtype)
 
 
 _ms_ssim_functions = {}
@@ -105,6 +148,8 @@ def ms_ssim(reference, decoded, dtype="float32"):
     Uses max_val=255, the default 5 scales and power factors and an 11-tap
     filter. Returns None when min(H, W) < MS_SSIM_MIN_SIDE (too small for 5 scales).
     dtype "float64" computes everything in double precision (slower; a reference).
+    The full-size scale is read in strips of rows straight from the uint8 images, so the
+    largest array made is a quarter-size float copy of each image.
     """
     reference = np.asarray(reference)
     decoded = np.asarray(decoded)
@@ -114,11 +159,11 @@ def ms_ssim(reference, decoded, dtype="float32"):
     if dtype not in _ms_ssim_functions:
         _ms_ssim_functions[dtype] = _MsSsimFunctions(dtype)
     functions = _ms_ssim_functions[dtype]
-    x, y = reference.astype(dtype), decoded.astype(dtype)
+    x, y = reference, decoded
     factors = []
     for scale in range(len(MS_SSIM_POWER_FACTORS)):
         if scale > 0:
-            x, y = functions.downsample(x), functions.downsample(y)
+            x, y = functions.halved(x), functions.halved(y)
         cs, ssim = functions.scale_means(x, y)
         factors.append(cs if scale < len(MS_SSIM_POWER_FACTORS) - 1 else ssim)
     per_channel = np.prod([np.maximum(f, 0.0) ** p

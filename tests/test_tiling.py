@@ -49,13 +49,14 @@ def test_analysis_reach_is_derived_and_exact():
     assert tiling.halo(transform, 16) == 32
 
 
-def test_synthesis_reach_covers_the_measured_extent():
+def test_synthesis_reach_is_derived_and_exact():
     transform = SynthesisTransform(4)
     # Every phase of an output pixel within one latent sample (positions 16 * 6 + 0..15).
     measured = _measured_reach(transform, 4, 12, range(96, 112), scale=1 / 16)
     derived = tiling.reach(transform)
-    assert measured <= derived < measured + 1  # never short, at most one latent sample loose
-    assert tiling.halo(transform, 1) == math.ceil(derived)
+    assert derived == 1.875  # 2 / 2 * (1 + 1/2 + 1/4 + 1/8): four 5x5, upsampling by 2
+    assert measured == derived
+    assert tiling.halo(transform, 1) == 2  # 32 pixels, was 48 with a looser bound
 
 
 @pytest.mark.parametrize("size, tile, align", [(144, 48, 16), (192, 50, 16), (10, 3, 1),
@@ -67,6 +68,19 @@ def test_spans_cover_the_range_aligned(size, tile, align):
     assert all(start % align == 0 for start, _ in spans)
     if tile and tile < size:
         assert len(spans) == math.ceil(size / tile)
+
+
+@pytest.mark.parametrize("size, tile, halo, align", [(144, 48, 32, 16), (400, 100, 32, 16),
+                                                     (250, 48, 2, 1), (53, 10, 2, 1),
+                                                     (30, 48, 2, 1)])
+def test_windows_hold_their_span_and_halo_in_one_shape(size, tile, halo, align):
+    windows = tiling.windows(size, tile, halo, align)
+    assert [span for span, _ in windows] == tiling.spans(size, tile, align)
+    assert len({end - start for _, (start, end) in windows}) == 1
+    for (start, end), (first, last) in windows:
+        assert 0 <= first <= start and end <= last <= size and first % align == 0
+        assert start - first >= halo or first == 0
+        assert last - end >= halo or last == size
 
 
 @pytest.mark.parametrize("transform, channels, size, align, scale", [
