@@ -94,16 +94,14 @@ def test_ms_ssim_matches_double_precision_and_tensorflow():
     """The compiled, strip-wise float32 MS-SSIM equals a float64 run of the same definition to
     1e-6, and tf.image.ssim_multiscale (whose own float32 rounding, with the 11x11 kernel
     applied at once, moves it by a few 1e-6 on Kodak) to 2e-5; strips change nothing."""
-    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorflow")
     from conftest import smooth_image
     reference = smooth_image(300, 437, seed=5)
     noise = RNG.normal(0, 4, size=reference.shape)
     decoded = np.clip(reference + noise, 0, 255).astype(np.uint8)
     value = metrics.ms_ssim(reference, decoded)
     assert value == pytest.approx(metrics.ms_ssim(reference, decoded, "float64"), abs=1e-6)
-    expected = float(tf.image.ssim_multiscale(tf.constant(reference, tf.float32),
-                                              tf.constant(decoded, tf.float32), 255.0,
-                                              filter_size=metrics.MS_SSIM_FILTER_SIZE))
+    expected = _eager_ms_ssim(reference, decoded)
     assert value == pytest.approx(expected, abs=2e-5)
     strips = metrics.MS_SSIM_STRIP_ROWS
     try:
@@ -111,6 +109,14 @@ def test_ms_ssim_matches_double_precision_and_tensorflow():
         assert metrics.ms_ssim(reference, decoded) == pytest.approx(value, abs=1e-9)
     finally:
         metrics.MS_SSIM_STRIP_ROWS = strips
+
+
+def _eager_ms_ssim(reference, decoded):
+    """The code before: eager float32 tf.image.ssim_multiscale with our filter size."""
+    import tensorflow as tf
+    return float(tf.image.ssim_multiscale(tf.constant(reference, tf.float32),
+                                          tf.constant(decoded, tf.float32), 255.0,
+                                          filter_size=metrics.MS_SSIM_FILTER_SIZE))
 
 
 KODAK = os.environ.get("KODAK_DIR", "/work/shared/kodak")
@@ -122,7 +128,7 @@ def test_ms_ssim_on_kodak_equals_double_precision(name):
     """On Kodak photos and JPEG-compressed copies: the compiled float32 MS-SSIM equals the
     float64 run of the definition to 1e-6; eager float32 tf.image.ssim_multiscale (the code
     before) is itself a few 1e-6 off that value, so it is compared to 1e-5."""
-    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorflow")
     from PIL import Image
     path = os.path.join(KODAK, name)
     if not os.path.exists(path):
@@ -133,9 +139,7 @@ def test_ms_ssim_on_kodak_equals_double_precision(name):
     decoded = np.asarray(Image.open(buffer).convert("RGB"))
     value = metrics.ms_ssim(reference, decoded)
     assert value == pytest.approx(metrics.ms_ssim(reference, decoded, "float64"), abs=1e-6)
-    eager = float(tf.image.ssim_multiscale(tf.constant(reference, tf.float32),
-                                           tf.constant(decoded, tf.float32), 255.0,
-                                           filter_size=metrics.MS_SSIM_FILTER_SIZE))
+    eager = _eager_ms_ssim(reference, decoded)
     assert value == pytest.approx(eager, abs=1e-5)
 
 
