@@ -43,6 +43,28 @@ def latest_checkpoint(directory):
 _CHECKPOINT_FILE = re.compile(r"(ckpt-\d+)(\.index|\.data-\d+-of-\d+|_temp)")
 
 
+class CheckpointManager(tf.train.CheckpointManager):
+    """tf.train.CheckpointManager whose state file never lists a checkpoint that is gone.
+
+    TensorFlow 2.14 lists the checkpoints it is about to delete, deletes them, then rewrites
+    the list: a kill between the two leaves a state file naming missing files. Here the
+    list is rewritten first, so such a kill leaves only unlisted files (orphans, reported
+    at the next start and removed by --clean_orphans)."""
+
+    def _sweep(self):
+        # Relies on the pinned TF's private bookkeeping: an ordered dict of the kept
+        # checkpoints, oldest first (keep_checkpoint_every_n_hours is not used here).
+        surplus = max(0, len(self._maybe_delete) - (self._max_to_keep or len(self._maybe_delete)))
+        doomed = [self._maybe_delete.popitem(last=False)[0] for _ in range(surplus)]
+        if not doomed:
+            return
+        self._record_state()
+        for prefix in doomed:
+            for path in tf.io.gfile.glob(prefix + ".index") + tf.io.gfile.glob(
+                    prefix + ".data-?????-of-?????"):
+                tf.io.gfile.remove(path)
+
+
 def orphan_checkpoints(directory):
     """Checkpoint files and unfinished saves in `directory` that its `checkpoint` state file
     does not list (left by another run writing there, or by a kill mid-save): sorted names.

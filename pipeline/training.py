@@ -17,7 +17,7 @@ import time
 
 import tensorflow as tf
 
-from pipeline.checkpoints import latest_checkpoint
+from pipeline.checkpoints import CheckpointManager, latest_checkpoint
 from pipeline.metrics import psnr_from_mse
 from pipeline.schedule import StepSchedule
 from models.config import CONFIG_NAME, ConfigError, ModelConfig, SettingsError
@@ -219,7 +219,7 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
     if latest:
         _restore(checkpoint, state, latest)
         print(f"resuming from step {int(optimizer.iterations.numpy())}", flush=True)
-    manager = tf.train.CheckpointManager(checkpoint, write_dir, MAX_CHECKPOINTS,
+    manager = CheckpointManager(checkpoint, write_dir, MAX_CHECKPOINTS,
                                          step_counter=optimizer.iterations)
     step = int(optimizer.iterations.numpy())
     if strategy:

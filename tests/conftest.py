@@ -120,6 +120,14 @@ class _TinyCheckpoints:
 _tiny = None
 
 
+@pytest.fixture(autouse=True)
+def _seeded_random_state():
+    """Every test starts from the same Python, NumPy and TensorFlow random state, so that an
+    untrained model's weights (and what a test sees of them) are the same on every machine."""
+    import tensorflow as tf
+    tf.keras.utils.set_random_seed(0)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _start_tiny_checkpoints_early(request):
     """When the first test runs: start training the tiny checkpoints if a selected test
