@@ -1,5 +1,6 @@
 """Image quality and rate metrics: PSNR, MS-SSIM (RGB), bits per pixel."""
 import math
+import os
 
 import numpy as np
 
@@ -48,18 +49,30 @@ def psnr(reference, decoded, max_value=255.0):
 
 # MS-SSIM as tf.image.ssim_multiscale computes it (5 scales, these power factors, Gaussian
 # filter of sigma 1.5, k1 = 0.01, k2 = 0.03, "valid" filtering, 2x2 average pooling after a
-# symmetric pad to even sides), but through compiled functions (XLA for the per-scale sums),
-# the Gaussian applied as two 1-D passes, the (co)variances from centred samples, and the
-# per-scale means summed over strips of rows in float64: seconds instead of minutes on a
-# 12 MP image, and bounded memory.
+# symmetric pad to even sides), but over strips of rows through XLA-compiled functions: the
+# Gaussian as two 1-D passes of shifted slices, the (co)variances from centred samples, the
+# per-scale means summed in float64, strips shared out to a few threads (XLA runs each call
+# on one core). Bounded memory, and seconds instead of minutes on a 12 MP image.
 MS_SSIM_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MS_SSIM_SIGMA = 1.5
-MS_SSIM_STRIP_ROWS = 512
+# Rows per strip: as many as make about this many pixels (each strip holds a few float copies
+# of 12 values per pixel), at least MS_SSIM_MIN_STRIP_ROWS (the filter's 10 extra rows are
+# read twice, once per neighbouring strip).
+MS_SSIM_STRIP_PIXELS = 1 << 19
+MS_SSIM_MIN_STRIP_ROWS = 64
+MS_SSIM_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1))
 _K1, _K2 = 0.01, 0.03
 
 
+def ms_ssim_strip_rows(width):
+    """Rows of the filtered maps computed per strip for an image `width` pixels wide."""
+    return max(MS_SSIM_MIN_STRIP_ROWS, MS_SSIM_STRIP_PIXELS // max(width, 1))
+
+
 class _MsSsimFunctions:
-    """The compiled pieces of MS-SSIM, traced once per process (any image size)."""
+    """The compiled pieces of MS-SSIM for one float dtype (XLA compiles once per strip shape
+    and input dtype: a few shapes per scale and image size)."""
 
     def __init__(self, dtype="float32"):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -69,74 +82,108 @@ class _MsSsimFunctions:
         coords = np.arange(size) - (size - 1) / 2.0
         gauss = np.exp(np.square(coords) * (-0.5 / MS_SSIM_SIGMA ** 2))
         self.taps = [float(v) for v in gauss / gauss.sum()]
-        image = tf.TensorSpec((None, None, 3), dtype)
-        # XLA fuses the filter's shifted sums and the SSIM terms into a few passes over the
-        # strip; it compiles once per strip shape (two per scale and image size).
-        self.sums = tf.function(self._sums, input_signature=[image, image], jit_compile=True)
-        self.downsample = tf.function(self._downsample, input_signature=[image])
+        self._compiled = {}
 
-    def _filter(self, values, axis):
-        """The Gaussian along `axis` (0: rows, 1: columns), "valid": 10 samples shorter."""
-        length = self.tf.shape(values)[axis] - (len(self.taps) - 1)
-        total = None
-        for offset, tap in enumerate(self.taps):
-            part = values[offset:offset + length] if axis == 0 else \
-                values[:, offset:offset + length]
-            total = tap * part if total is None else total + tap * part
+    def _function(self, name, input_dtype, arguments):
+        """The compiled method `name` for (rows, width, 3) inputs of `input_dtype`: traced
+        once per input dtype, compiled by XLA once per strip shape (a few per scale and
+        image size)."""
+        key = name, str(input_dtype)
+        if key not in self._compiled:
+            spec = self.tf.TensorSpec((None, None, 3), input_dtype)
+            self._compiled[key] = self.tf.function(getattr(self, name), jit_compile=True,
+                                                   input_signature=[spec] * arguments)
+        return self._compiled[key]
+
+    def sums(self, x, y):
+        return self._function("_sums", x.dtype, 2)(x, y)
+
+    def downsample(self, x):
+        return self._function("_downsample", x.dtype, 1)(x)
+
+    def _filter(self, maps, length, step, axis):
+        """The Gaussian along `axis` of (4, rows, width * 3) maps, "valid": `length` outputs,
+        neighbours `step` elements apart (3 along a row of interleaved RGB, 1 down a column).
+        The filter is symmetric: taps o and 10 - o are added before their one product."""
+        def shifted(offset):
+            start = offset * step
+            return maps[:, start:start + length] if axis == 1 else \
+                maps[:, :, start:start + length]
+        middle = len(self.taps) // 2
+        total = self.taps[middle] * shifted(middle)
+        for offset in range(middle):
+            total += self.taps[offset] * (shifted(offset) + shifted(2 * middle - offset))
         return total
 
     def _sums(self, x, y):
-        """Per channel: sums of the contrast-structure map and of luminance * cs, in float64.
+        """Per channel: sums of the contrast-structure map and of luminance * cs over a
+        (rows, width, 3) strip (any input dtype), in float64.
 
-        The (co)variances are computed from the samples less 128 (the same values: they do
-        not depend on an offset), which halves their magnitudes and so the float rounding
-        of E[x^2] - E[x]^2."""
+        The maps are laid out (4, rows, width * 3) so that every operation runs along long
+        contiguous rows (what XLA vectorises). The (co)variances are computed from the samples
+        less 128 (the same values: they do not depend on an offset), which halves their
+        magnitudes and so the float rounding of E[x^2] - E[x]^2."""
         tf = self.tf
-        x, y = x - 128.0, y - 128.0
-        stack = tf.concat([x, y, x * y, tf.square(x) + tf.square(y)], axis=-1)
-        means = self._filter(self._filter(stack, 1), 0)
-        mean_x, mean_y, mean_xy, mean_squares = tf.split(means, 4, axis=-1)
+        x, y = tf.cast(x, self.dtype) - 128.0, tf.cast(y, self.dtype) - 128.0
+        rows, width = tf.shape(x)[0], tf.shape(x)[1]
+        border = MS_SSIM_FILTER_SIZE - 1
+        maps = tf.reshape(tf.stack([x, y, x * y, tf.square(x) + tf.square(y)]),
+                          [4, rows, width * 3])
+        maps = self._filter(maps, (width - border) * 3, 3, 2)
+        mean_x, mean_y, mean_xy, mean_squares = tf.unstack(
+            self._filter(maps, rows - border, 1, 1))
         c1, c2 = (_K1 * 255.0) ** 2, (_K2 * 255.0) ** 2
         cs = ((mean_xy - mean_x * mean_y) * 2.0 + c2) / (
             mean_squares - tf.square(mean_x) - tf.square(mean_y) + c2)
         mean_x, mean_y = mean_x + 128.0, mean_y + 128.0
         luminance = (mean_x * mean_y * 2.0 + c1) / (tf.square(mean_x) + tf.square(mean_y) + c1)
-        return (tf.reduce_sum(tf.cast(cs, tf.float64), axis=(0, 1)),
-                tf.reduce_sum(tf.cast(luminance * cs, tf.float64), axis=(0, 1)))
+
+        def per_channel(values):  # column sums first: one float64 pass, then 3 channels
+            columns = tf.reduce_sum(tf.cast(values, tf.float64), axis=0)
+            return tf.reduce_sum(tf.reshape(columns, [-1, 3]), axis=0)
+        return per_channel(cs), per_channel(luminance * cs)
 
     def _downsample(self, x):
+        """2x2 average of a (rows, width, 3) strip of any dtype, after a symmetric pad to even
+        sides (as sums of row pairs, then of column pairs: contiguous, unlike a pooling op)."""
         tf = self.tf
+        x = tf.cast(x, self.dtype)
         shape = tf.shape(x)
         x = tf.pad(x, [[0, shape[0] % 2], [0, shape[1] % 2], [0, 0]], "SYMMETRIC")
-        return tf.nn.avg_pool2d(x[None], 2, 2, "VALID")[0]
+        rows, width = tf.shape(x)[0] // 2, tf.shape(x)[1] // 2
+        pairs = tf.reshape(x, [rows, 2, width * 6])
+        pairs = tf.reshape(pairs[:, 0] + pairs[:, 1], [rows, width, 2, 3])
+        return (pairs[:, :, 0] + pairs[:, :, 1]) * 0.25
 
-    def scale_means(self, x, y):
-        """Means over the image of cs and of luminance * cs (per channel), over row strips
-        (x and y of any dtype: each strip is converted on its own)."""
+    def scale_means(self, x, y, pool):
+        """Means over the image of cs and of luminance * cs (per channel), over row strips."""
         height, width = x.shape[:2]
-        rows = height - MS_SSIM_FILTER_SIZE + 1  # rows of the "valid" maps
+        border = MS_SSIM_FILTER_SIZE - 1
+        rows = height - border  # rows of the "valid" maps
+        step = ms_ssim_strip_rows(width)
+
+        def strip_sums(top):
+            bottom = min(rows, top + step) + border
+            cs, ssim = self.sums(x[top:bottom], y[top:bottom])
+            return cs.numpy(), ssim.numpy()
         cs_sum, ssim_sum = np.zeros(3), np.zeros(3)
-        for top in range(0, rows, MS_SSIM_STRIP_ROWS):
-            bottom = min(rows, top + MS_SSIM_STRIP_ROWS) + MS_SSIM_FILTER_SIZE - 1
-            cs, ssim = self.sums(self.strip(x, top, bottom), self.strip(y, top, bottom))
-            cs_sum += cs.numpy()
-            ssim_sum += ssim.numpy()
-        count = rows * (width - MS_SSIM_FILTER_SIZE + 1)
+        for cs, ssim in pool.map(strip_sums, range(0, rows, step)):  # in order: same sums
+            cs_sum += cs
+            ssim_sum += ssim
+        count = rows * (width - border)
         return cs_sum / count, ssim_sum / count
 
-    def halved(self, image):
+    def halved(self, image, pool):
         """The next scale of `image` (any dtype), made over strips of an even number of rows
         (only the last may be odd, where the symmetric pad repeats its last row)."""
         height, width = image.shape[:2]
         output = np.empty(((height + 1) // 2, (width + 1) // 2, 3), self.dtype)
-        step = 2 * MS_SSIM_STRIP_ROWS
-        for top in range(0, height, step):
-            output[top // 2:(top + step) // 2] = self.downsample(
-                self.strip(image, top, top + step)).numpy()
-        return output
+        step = 2 * ms_ssim_strip_rows(width)
 
-    def strip(self, image, top, bottom):
-        return np.asarray(image[top:bottom], self.dtype)
+        def halve(top):
+            output[top // 2:(top + step) // 2] = self.downsample(image[top:top + step]).numpy()
+        list(pool.map(halve, range(0, height, step)))
+        return output
 
 
 _ms_ssim_functions = {}
@@ -151,6 +198,7 @@ def ms_ssim(reference, decoded, dtype="float32"):
     The full-size scale is read in strips of rows straight from the uint8 images, so the
     largest array made is a quarter-size float copy of each image.
     """
+    from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
     reference = np.asarray(reference)
     decoded = np.asarray(decoded)
     _check_same_shape(reference, decoded)
@@ -161,11 +209,12 @@ def ms_ssim(reference, decoded, dtype="float32"):
     functions = _ms_ssim_functions[dtype]
     x, y = reference, decoded
     factors = []
-    for scale in range(len(MS_SSIM_POWER_FACTORS)):
-        if scale > 0:
-            x, y = functions.halved(x), functions.halved(y)
-        cs, ssim = functions.scale_means(x, y)
-        factors.append(cs if scale < len(MS_SSIM_POWER_FACTORS) - 1 else ssim)
+    with ThreadPoolExecutor(MS_SSIM_THREADS) as pool:
+        for scale in range(len(MS_SSIM_POWER_FACTORS)):
+            if scale > 0:
+                x, y = functions.halved(x, pool), functions.halved(y, pool)
+            cs, ssim = functions.scale_means(x, y, pool)
+            factors.append(cs if scale < len(MS_SSIM_POWER_FACTORS) - 1 else ssim)
     per_channel = np.prod([np.maximum(f, 0.0) ** p
                            for f, p in zip(factors, MS_SSIM_POWER_FACTORS)], axis=0)
     return float(np.mean(per_channel))

@@ -90,7 +90,7 @@ def test_bpp():
         metrics.bpp(10, 0)
 
 
-def test_ms_ssim_matches_double_precision_and_tensorflow():
+def test_ms_ssim_matches_double_precision_and_tensorflow(monkeypatch):
     """The compiled, strip-wise float32 MS-SSIM equals a float64 run of the same definition to
     1e-6, and tf.image.ssim_multiscale (whose own float32 rounding, with the 11x11 kernel
     applied at once, moves it by a few 1e-6 on Kodak) to 2e-5; strips change nothing."""
@@ -103,12 +103,10 @@ def test_ms_ssim_matches_double_precision_and_tensorflow():
     assert value == pytest.approx(metrics.ms_ssim(reference, decoded, "float64"), abs=1e-6)
     expected = _eager_ms_ssim(reference, decoded)
     assert value == pytest.approx(expected, abs=2e-5)
-    strips = metrics.MS_SSIM_STRIP_ROWS
-    try:
-        metrics.MS_SSIM_STRIP_ROWS = 37  # many strips, one of them short
-        assert metrics.ms_ssim(reference, decoded) == pytest.approx(value, abs=1e-9)
-    finally:
-        metrics.MS_SSIM_STRIP_ROWS = strips
+    monkeypatch.setattr(metrics, "MS_SSIM_MIN_STRIP_ROWS", 1)
+    monkeypatch.setattr(metrics, "MS_SSIM_STRIP_PIXELS", 37 * reference.shape[1])
+    assert metrics.ms_ssim_strip_rows(reference.shape[1]) == 37  # many strips, one short
+    assert metrics.ms_ssim(reference, decoded) == pytest.approx(value, abs=1e-9)
 
 
 def _eager_ms_ssim(reference, decoded):
