@@ -117,7 +117,7 @@ class _MsSsimFunctions:
 
     def _sums(self, x, y):
         """Per channel: sums of the contrast-structure map and of luminance * cs over a
-        (rows, width, 3) strip (any input dtype), in float64.
+        (rows, width, 3) strip (any input dtype).
 
         The maps are laid out (4, rows, width * 3) so that every operation runs along long
         contiguous rows (what XLA vectorises). The (co)variances are computed from the samples
@@ -137,11 +137,11 @@ class _MsSsimFunctions:
             mean_squares - tf.square(mean_x) - tf.square(mean_y) + c2)
         mean_x, mean_y = mean_x + 128.0, mean_y + 128.0
         luminance = (mean_x * mean_y * 2.0 + c1) / (tf.square(mean_x) + tf.square(mean_y) + c1)
-
-        def per_channel(values):  # column sums first: one float64 pass, then 3 channels
-            columns = tf.reduce_sum(tf.cast(values, tf.float64), axis=0)
-            return tf.reduce_sum(tf.reshape(columns, [-1, 3]), axis=0)
-        return per_channel(cs), per_channel(luminance * cs)
+        # Column sums over the strip's rows (float32: a few hundred terms of at most 1),
+        # then float64 over the columns and per channel.
+        columns = tf.cast(tf.reduce_sum(tf.stack([cs, luminance * cs]), axis=1), tf.float64)
+        sums = tf.reduce_sum(tf.reshape(columns, [2, -1, 3]), axis=1)
+        return sums[0], sums[1]
 
     def _downsample(self, x):
         """2x2 average of a (rows, width, 3) strip of any dtype, after a symmetric pad to even
