@@ -134,17 +134,14 @@ class _MsSsimFunctions:
         luminance = (mean_x * mean_y * 2.0 + c1) / (tf.square(mean_x) + tf.square(mean_y) + c1)
         return cs, luminance * cs
 
-    def _sums(self, x, y, first, last):
+    def _sums(self, x, y, first, last, height, width):
         """Per channel, float64: sums of cs and of luminance * cs over tiles first..last-1
-        (row-major) of two (height, width, 3) images of any dtype; (2, 3)."""
+        (row-major) of two height x width images of any dtype, padded to whole tiles (see
+        scale_means); (2, 3)."""
         tf = self.tf
         rows, columns = self.tile
         border = MS_SSIM_FILTER_SIZE - 1
-        height, width = tf.shape(x)[0], tf.shape(x)[1]
-        tile_rows, tile_columns = _ms_ssim_tiles(height, width, self.tile)
-        pad = [[0, tile_rows * rows + border - height],
-               [0, tile_columns * columns + border - width], [0, 0]]
-        x, y = tf.pad(x, pad), tf.pad(y, pad)
+        tile_columns = _ms_ssim_tiles(height, width, self.tile)[1]
         column_of = tf.range(columns * 3) // 3
 
         def step(index, sums):
@@ -178,15 +175,18 @@ class _MsSsimFunctions:
         """Means over the image of cs and of luminance * cs (per channel), the tiles split
         into one contiguous run per thread."""
         height, width = x.shape[:2]
+        border = MS_SSIM_FILTER_SIZE - 1
         tile_rows, tile_columns = _ms_ssim_tiles(height, width, self.tile)
+        pad = [(0, tile_rows * self.tile[0] + border - height),
+               (0, tile_columns * self.tile[1] + border - width), (0, 0)]
+        sums = self._function("_sums", x.dtype, [None, None] + ["int32"] * 4)
+        x, y = (self.tf.convert_to_tensor(np.pad(image, pad)) for image in (x, y))
         tiles = tile_rows * tile_columns
-        sums = self._function("_sums", x.dtype, [None, None, "int32", "int32"])
-        x, y = self.tf.convert_to_tensor(x), self.tf.convert_to_tensor(y)
         runs = min(MS_SSIM_THREADS, tiles)
         bounds = [tiles * k // runs for k in range(runs + 1)]
-        total = sum(pool.map(lambda k: sums(x, y, bounds[k], bounds[k + 1]).numpy(),
-                             range(runs)))  # in order: the same sums every time
-        border = MS_SSIM_FILTER_SIZE - 1
+        total = sum(pool.map(
+            lambda k: sums(x, y, bounds[k], bounds[k + 1], height, width).numpy(),
+            range(runs)))  # in order: the same sums every time
         return total / ((height - border) * (width - border))
 
     def halved(self, image, pool):
