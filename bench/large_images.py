@@ -13,9 +13,9 @@ kodim01 when present, else scikit-image's astronaut) upscaled to each size.
   (models/tiling.py), and the encode and decode seconds per megapixel;
 - at the first size (2 MP): the tiled/whole time ratio (encode with reconstructions, and
   decode), whole (tile 0) and tiled alternating in one process, median of --runs;
-- MS-SSIM of the four layers of a 12 MP evaluation: pipeline/metrics.ms_ssim against eager
-  tf.image.ssim_multiscale (what metrics.py did before), alternating, and the values of
-  both and of a float64 run.
+- MS-SSIM of the four layers of a 12 MP evaluation, and of one layer: pipeline/metrics.ms_ssim
+  against eager tf.image.ssim_multiscale (what metrics.py did before), alternating, and the
+  values of both and of a float64 run.
 
 Writes JSON after each part (a later failure keeps what was measured).
 """
@@ -115,10 +115,11 @@ MS_SSIM_JPEG_QUALITIES = (10, 30, 50, 80)  # four decoded "layers", as eval meas
 
 
 def ms_ssim_speed(width, height, runs):
-    """MS-SSIM of every layer of one evaluation, as eval does it: pipeline.metrics.ms_ssim
-    against eager tf.image.ssim_multiscale (what metrics.py called before), alternating, on a
-    width x height photo and four JPEG-compressed copies of it; the values of both and of a
-    float64 run of the definition."""
+    """MS-SSIM of every layer of one evaluation, as eval does it, and of one layer alone:
+    pipeline.metrics.ms_ssim against eager tf.image.ssim_multiscale (what metrics.py called
+    before), alternating, on a width x height photo and four JPEG-compressed copies of it
+    (wall seconds, and the process's CPU seconds); the values of both and of a float64 run
+    of the definition."""
     import io
     import statistics
     import numpy as np
@@ -132,29 +133,39 @@ def ms_ssim_speed(width, height, runs):
         Image.fromarray(reference).save(buffer, "JPEG", quality=quality)
         layers.append(np.asarray(Image.open(buffer).convert("RGB")))
 
-    def compiled():
-        return [metrics.ms_ssim(reference, layer) for layer in layers]
+    def compiled(images):
+        return [metrics.ms_ssim(reference, layer) for layer in images]
 
-    def eager():
+    def eager(images):
         return [float(tf.image.ssim_multiscale(tf.constant(reference, tf.float32),
                                                tf.constant(layer, tf.float32), 255.0,
                                                filter_size=metrics.MS_SSIM_FILTER_SIZE))
-                for layer in layers]
-    times, values, first = dict(compiled=[], eager=[]), {}, {}
+                for layer in images]
+    functions = dict(compiled=compiled, eager=eager)
+    times = {f"{name}{part}": [] for name in functions for part in ("", "_single")}
+    values, first, cpu = {}, {}, {name: [] for name in times}
     for run in range(runs + 1):  # the first round traces and compiles: reported apart
-        for name, function in (("compiled", compiled), ("eager", eager)):
-            start = time.perf_counter()
-            values[name] = function()
-            seconds = time.perf_counter() - start
-            if run:
-                times[name].append(seconds)
-            else:
-                first[name] = seconds
+        for name, function in functions.items():  # alternating: the same load for both
+            for part, images in (("", layers), ("_single", layers[:1])):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                result = function(images)
+                seconds = time.perf_counter() - start
+                if part == "":
+                    values[name] = result
+                if run:
+                    times[name + part].append(seconds)
+                    cpu[name + part].append(time.process_time() - start_cpu)
+                else:
+                    first[name + part] = seconds
     float64 = [metrics.ms_ssim(reference, layer, "float64") for layer in layers]
-    compiled_s, eager_s = statistics.median(times["compiled"]), statistics.median(times["eager"])
+    median = {name: statistics.median(seconds) for name, seconds in times.items()}
     return dict(size=f"{width}x{height}", layers=len(layers), runs=runs, times=times,
-                first_round_s=first,
-                compiled_s=compiled_s, eager_s=eager_s, speedup=eager_s / compiled_s,
+                process_cpu_s=cpu, first_round_s=first,
+                compiled_s=median["compiled"], eager_s=median["eager"],
+                speedup=median["eager"] / median["compiled"],
+                single_call=dict(compiled_s=median["compiled_single"],
+                                 eager_s=median["eager_single"],
+                                 speedup=median["eager_single"] / median["compiled_single"]),
                 compiled_values=values["compiled"], eager_values=values["eager"],
                 float64_values=float64,
                 compiled_minus_float64=max(abs(a - b)

@@ -90,25 +90,28 @@ def test_bpp():
         metrics.bpp(10, 0)
 
 
-def test_ms_ssim_matches_double_precision_and_tensorflow():
-    """The compiled, strip-wise float32 MS-SSIM equals a float64 run of the same definition to
+def test_ms_ssim_matches_double_precision_and_tensorflow(monkeypatch):
+    """The compiled, tile-wise float32 MS-SSIM equals a float64 run of the same definition to
     1e-6, and tf.image.ssim_multiscale (whose own float32 rounding, with the 11x11 kernel
-    applied at once, moves it by a few 1e-6 on Kodak) to 2e-5; strips change nothing."""
+    applied at once, moves it by a few 1e-6 on Kodak) to 2e-5; tiles change nothing."""
     pytest.importorskip("tensorflow")
     from conftest import smooth_image
     reference = smooth_image(300, 437, seed=5)
     noise = RNG.normal(0, 4, size=reference.shape)
     decoded = np.clip(reference + noise, 0, 255).astype(np.uint8)
     value = metrics.ms_ssim(reference, decoded)
-    assert value == pytest.approx(metrics.ms_ssim(reference, decoded, "float64"), abs=1e-6)
+    double = metrics.ms_ssim(reference, decoded, "float64")
+    assert value == pytest.approx(double, abs=1e-6)
     expected = _eager_ms_ssim(reference, decoded)
     assert value == pytest.approx(expected, abs=2e-5)
-    strips = metrics.MS_SSIM_STRIP_ROWS
-    try:
-        metrics.MS_SSIM_STRIP_ROWS = 37  # many strips, one of them short
-        assert metrics.ms_ssim(reference, decoded) == pytest.approx(value, abs=1e-9)
-    finally:
-        metrics.MS_SSIM_STRIP_ROWS = strips
+    # Other tiles (many, the last ones short) and pooling strips change nothing but the
+    # float32 rounding of each tile's column sums.
+    monkeypatch.setattr(metrics, "_ms_ssim_functions",
+                        {dtype: metrics._MsSsimFunctions(dtype, tile=(37, 29))
+                         for dtype in ("float32", "float64")})
+    monkeypatch.setattr(metrics, "MS_SSIM_STRIP_PIXELS", 50 * reference.shape[1])
+    assert metrics.ms_ssim(reference, decoded, "float64") == pytest.approx(double, abs=1e-12)
+    assert metrics.ms_ssim(reference, decoded) == pytest.approx(value, abs=1e-8)
 
 
 def _eager_ms_ssim(reference, decoded):
