@@ -10,9 +10,13 @@ indexes exactly:
 
 - input: the integer side symbols, as x = symbol * 2^A + round(offset * 2^A), clipped;
 - per layer: integer kernel W = round(K * 2^s) and bias round(b * 2^(A + s)), v = W * x + bias;
-- hidden layers: x' = clip(round_div(v, 2^s), 0, ACT_MAX) (a quantized ReLU, A fractional
-  bits); last layer: index = clip(round_div(v, 2^(A + s)), 0, num_scales - 1),
-  where round_div(v, d) = floor(v / d + 1/2) (halves round up).
+- hidden layers: x' = clip(floor((v + r) / 2^s), 0, ACT_MAX) (a quantized ReLU, A fractional
+  bits); last layer: index = clip(floor((v + r) / 2^(A + s)), 0, num_scales - 1);
+  the rounding term r (stored, `rounding_<l>`) is half the divisor in hidden layers (round to
+  nearest, halves up) and 0 in the last layer: the index is truncated, as tfc's float path
+  truncates it, so that the exact path differs from the float one by the quantization of the
+  network alone (rounding it instead moved about 0.5 % of rate between the base and the
+  enhancement layers of the shipped model: README, "Portable streams").
 
 Everything runs in float64 on integer values. `layer_shift` picks the shift s of every layer
 so that GROWTH * max over outputs of (sum |W| * max |x| + |bias| + divisor) < 2^52: every
@@ -67,6 +71,12 @@ def _integer_parameters(kernel, bias, shift, last, rounding=tf.round):
             divisor)
 
 
+def _rounding(divisor, last):
+    """The integer added before a layer's floor division (see the module docstring): half
+    the divisor (a power of two; for 1, nothing is lost: v is an integer), none in the last."""
+    return tf.zeros_like(divisor) if last else tf.math.floor(divisor / 2.0)
+
+
 def layer_shift(kernel, bias, input_max, last):
     """The shift s of one layer (float64 scalar tensor; -1 when none fits the bound).
 
@@ -98,8 +108,8 @@ def quantize_network(convs, input_offset):
 
     convs: the float layers (their frozen or trainable kernels are read once, here).
     input_offset: per-channel quantization offset of the side symbols (float).
-    Returns a dict of integer arrays: kernel_<l> (int16: |W| <= 2^14), bias_<l>, shift_<l>
-    and input_offset (int64).
+    Returns a dict of integer arrays: kernel_<l> (int16: |W| <= 2^14), bias_<l>, shift_<l>,
+    rounding_<l> and input_offset (int64).
     Raises ValueError when a layer's weights cannot be represented within the bound.
     """
     arrays = dict(input_offset=np.round(
@@ -113,10 +123,11 @@ def quantize_network(convs, input_offset):
         if shift < 0:
             raise ValueError(f"hyper-synthesis layer {index}: weights too large for the "
                              "integer network")
-        integer_kernel, integer_bias, _ = _integer_parameters(kernel, bias, shift, last)
+        integer_kernel, integer_bias, divisor = _integer_parameters(kernel, bias, shift, last)
         arrays[f"kernel_{index}"] = integer_kernel.numpy().astype(np.int16)
         arrays[f"bias_{index}"] = integer_bias.numpy().astype(np.int64)
         arrays[f"shift_{index}"] = np.array(int(shift), np.int64)
+        arrays[f"rounding_{index}"] = np.array(int(_rounding(divisor, last)), np.int64)
         input_max = ACTIVATION_MAX
     return arrays
 
@@ -133,9 +144,10 @@ def _train_run(convs, values, layers, num_indexes):
 
     layers: per conv (integer kernel, integer bias, divisor), float64.
     """
-    round_div = _straight_through(lambda x: tf.math.floor(x + 0.5))  # halves up
+    floor = _straight_through(tf.math.floor)
     for index, (conv, (kernel, bias, divisor)) in enumerate(zip(convs, layers)):
-        values = round_div((conv.linear(values, kernel) + bias) / divisor)
+        rounding = _rounding(divisor, index == len(layers) - 1)
+        values = floor((conv.linear(values, kernel) + bias + rounding) / divisor)
         if index < len(layers) - 1:
             values = tf.clip_by_value(values, 0.0, ACTIVATION_MAX)
         else:
@@ -175,9 +187,9 @@ class IntegerNetwork:
 
     Each layer's convolution runs in Winograd's form (models/entropy/winograd.py, which gives
     4x the convolution: the factor joins the divisor) where its geometry allows, else as the
-    layer's own convolution; both are exact. The rounding division and the quantized ReLU are
-    fused: clip(round_div(v, d), 0, m) = min(floor(relu(v + d/2) / d), m), with v + d/2 an
-    integer (or a half when d = 1) below the bound and 1/d a power of two, so exact too.
+    layer's own convolution; both are exact. The division and the quantized ReLU are fused:
+    clip(floor((v + r) / d), 0, m) = min(floor(relu(v + r) / d), m), with v + r an integer
+    below the bound and 1/d a power of two, so exact too.
     """
 
     def __init__(self, arrays, convs, num_indexes):
@@ -189,10 +201,12 @@ class IntegerNetwork:
             kernel = np.asarray(arrays[f"kernel_{index}"], np.float64)
             bias = np.asarray(arrays[f"bias_{index}"], np.float64)
             shift = int(arrays[f"shift_{index}"])
+            rounding = float(arrays[f"rounding_{index}"])
             last = index == len(convs) - 1
             divisor = 2.0 ** (ACTIVATION_BITS + shift if last else shift)
             # The exactness proof (module docstring), checked on what will actually run.
-            if _exceeds_exact_bound(_magnitude_bound(kernel, bias, input_max, divisor)):
+            if not 0 <= rounding < divisor or _exceeds_exact_bound(
+                    _magnitude_bound(kernel, bias, input_max, divisor)):
                 raise ValueError(f"integer hyper-synthesis layer {index} can exceed 2^52 in "
                                  "its Winograd form: its sums would not be exact in float64")
             geometry = winograd.polyphase_kernel(conv)
@@ -201,8 +215,8 @@ class IntegerNetwork:
                     conv, tf.constant(kernel, tf.float64))
             else:
                 linear, divisor = winograd.WinogradConv(kernel, geometry), 4.0 * divisor
-                bias = 4.0 * bias
-            self.layers.append((linear, tf.constant(bias + divisor / 2, tf.float64),
+                bias, rounding = 4.0 * bias, 4.0 * rounding
+            self.layers.append((linear, tf.constant(bias + rounding, tf.float64),
                                 1.0 / divisor))
             input_max = ACTIVATION_MAX
 
