@@ -22,7 +22,7 @@ Everything runs in float64 on integer values. `layer_shift` picks the shift s of
 so that GROWTH * max over outputs of (sum |W| * max |x| + |bias| + divisor) < 2^52: every
 partial sum of every summation order, of the direct convolution and of its Winograd form
 (models/entropy/winograd.py, whose partial sums are at most GROWTH = 64 times the direct
-bound; it is how the coder runs the convolutions, about 1.5x faster), is then an integer below
+bound; it is how the coder runs the convolutions, about 1.4x faster), is then an integer below
 2^53, which float64 holds exactly, so the result does not depend on the order (threads,
 oneDNN, blocking) or on the algorithm; dividing by a power of two and flooring are exact too.
 The tables' digest covers these integers, so a decoder that holds other integers is refused
