@@ -4,9 +4,11 @@ directory.
 
 The coding tables (`coding_tables.npz`: every entropy model's range-coding tables and
 integer hyper-synthesis, see models/entropy/) are computed once from a checkpoint's float
-weights and stored beside it, tagged with that checkpoint's weights digest. Encoders and
+weights and stored beside it, tagged with that checkpoint's weights digest and the tables'
+version (models/entropy/coding.py). Encoders and
 decoders that load the directory use the stored integers, so streams decode on any machine
-that has the same file. A missing or stale file (other weights) is rebuilt on load and saved
+that has the same file. A missing or stale file (other weights, another version) is rebuilt
+on load and saved
 when the directory is writable.
 """
 
@@ -22,11 +24,17 @@ import tensorflow as tf
 
 from codec.image import write_file_atomic
 from models.config import ConfigError, ModelConfig, SettingsError
+from models.entropy.coding import TABLES_VERSION
 from models.factory import build_model
 from pipeline import pretrained
 
 TABLES_NAME = "coding_tables.npz"
 _WEIGHTS_KEY = "weights_digest"  # not a valid table name (those hold a "/")
+
+
+def _tag(weights_digest):
+    """What a tables file is stored with: the weights digest and the tables' version."""
+    return np.frombuffer(weights_digest + bytes([TABLES_VERSION]), np.uint8)
 
 
 class CheckpointError(SettingsError, ValueError):
@@ -152,7 +160,8 @@ def load_trained_model(directory, mode, **requested):
 
 
 def _read_tables(path, weights_digest):
-    """The tables stored at `path` for these weights; None when missing, stale or damaged."""
+    """The tables stored at `path` for these weights; None when missing, stale (other weights
+    or version) or damaged."""
     if not os.path.exists(path):
         return None
     try:
@@ -162,7 +171,7 @@ def _read_tables(path, weights_digest):
         print(f"note: {path} is unreadable ({error}); computing the coding tables again",
               file=sys.stderr, flush=True)
         return None
-    if bytes(tables.pop(_WEIGHTS_KEY, np.zeros(0, np.uint8))) != weights_digest:
+    if bytes(tables.pop(_WEIGHTS_KEY, np.zeros(0, np.uint8))) != bytes(_tag(weights_digest)):
         return None
     return tables
 
@@ -171,7 +180,7 @@ def save_coding_tables(directory, model, tables):
     """Write `tables` (of `model`'s weights) into `directory` atomically."""
     buffer = io.BytesIO()
     np.savez(buffer, **tables,
-             **{_WEIGHTS_KEY: np.frombuffer(model.weights_digest(), np.uint8)})
+             **{_WEIGHTS_KEY: _tag(model.weights_digest())})
     write_file_atomic(os.path.join(directory, TABLES_NAME), buffer.getvalue())
 
 

@@ -20,6 +20,10 @@ import tensorflow_compression as tfc
 from tensorflow_compression.python.ops import gen_ops
 
 PRECISION = 12  # bits of the range coder's probabilities (tfc's default)
+# Version of what the tables hold and how the coder uses them: stored tables of another
+# version are computed again (pipeline/checkpoints.py). 2: the integer hyper-synthesis
+# truncates its last division (rounding_<l> arrays).
+TABLES_VERSION = 2
 
 
 def prior_tables(prior):
