@@ -53,13 +53,18 @@ def photo(width, height, path=DEFAULT_IMAGE):
 def code_child(width, height, tile):
     """In a fresh process: what eval_quality.py does with one image (encode with
     reconstructions, decode every layer from the files, PSNR and MS-SSIM of every layer);
-    one JSON line with the peak RSS and the times."""
+    one JSON line with the peak RSS, the times and the peak of every stage
+    (bench/memory_stages.py)."""
+    from bench.memory_stages import StageRecorder, instrument
     from pipeline.evaluation import evaluate_image
     codec = build_codec(DEFAULT_FILTERS, (250.0, 100.0, 50.0, 25.0), "hyperprior")
     codec.tile = tile
     image = photo(width, height)
     result = dict(size=f"{width}x{height}", megapixels=width * height / 1e6, tile=tile)
-    with tempfile.TemporaryDirectory() as folder:
+    setup_peak = peak_rss_mib()  # building the model and the photo
+    recorder = StageRecorder()  # resets VmHWM per stage, keeping the maximum
+    instrument(recorder, codec.model, eager=False)
+    with tempfile.TemporaryDirectory() as folder, recorder.stage("evaluate_image"):
         start = time.perf_counter()
         layers, result["encode_s"], result["decode_s"] = evaluate_image(
             codec, "photo", [image] * len(DEFAULT_FILTERS), folder, len(DEFAULT_FILTERS))
@@ -67,7 +72,9 @@ def code_child(width, height, tile):
                                - result["decode_s"])
     result["stream_bytes"] = [layer["bytes"] for layer in layers]
     result["psnr"] = [layer["psnr"] for layer in layers]
-    result["peak_rss_mib"] = peak_rss_mib()
+    result["peak_rss_mib"] = max([setup_peak, peak_rss_mib()]
+                                 + [row["peak_mib"] for row in recorder.rows])
+    result["stages"] = recorder.rows
     for key in ("encode", "decode"):
         result[f"{key}_s_per_mp"] = result[f"{key}_s"] / result["megapixels"]
     print("RESULT " + json.dumps(result), flush=True)

@@ -9,10 +9,18 @@ the encoder stored, and only then writes `rec_<name>.png` at each layer's exact 
 
 import os
 
-from codec import bitstream
-from codec.image import pad_to_multiple, write_file_atomic, write_png
-from models.config import DEFAULT_TILE, ConfigError
-from models.scalable import PAD_MULTIPLE, DecodingError
+# TensorFlow's oneDNN CPU allocator serves large tensors from a BFC pool that never returns
+# memory to the system, so coding's big short-lived tensors (transform tiles, the networks
+# over the whole latent) leave the process at the highest total it ever reached, ratcheting
+# up layer after layer. Its system allocator frees them (bench/memory_stages.py measured the
+# difference: README, "Large images"). TensorFlow reads the variable at its first tensor
+# allocation, so it is set here, before a Codec can run anything; an explicit setting wins.
+os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
+
+from codec import bitstream  # noqa: E402
+from codec.image import pad_to_multiple, write_file_atomic, write_png  # noqa: E402
+from models.config import DEFAULT_TILE, ConfigError  # noqa: E402
+from models.scalable import PAD_MULTIPLE, DecodingError  # noqa: E402
 
 
 def rec_filename(layer_name):

@@ -7,6 +7,9 @@ halos), untrained tiny models of both modes (measured: identical streams and sym
 equal; the tolerances below are what float rounding may move).
 """
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -153,3 +156,32 @@ def test_last_layer_only_tiled_decode_matches():
     coding = model._coding
     for table in (coding.analyses, coding.syntheses, coding.encoders, coding.decoders):
         assert table and all(f.experimental_get_tracing_count() == 1 for f in table.values())
+
+
+_ALLOCATOR_PROBE = r"""
+import sys
+sys.path.insert(0, {repo!r})
+import codec.streams  # noqa: F401 (chooses the allocator before any tensor exists)
+import tensorflow as tf
+
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+
+big = tf.random.uniform((64, 1024, 1024)) * 2.0  # 256 MiB, twice
+held = rss_mib()
+del big
+print(held, rss_mib())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
+def test_codec_processes_return_freed_tensors_to_the_system():
+    """A process that imports the codec frees large tensors back to the system (the oneDNN
+    BFC pool would keep them resident: coding's peak memory then ratchets up)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE.format(repo=repo)], env=env,
+                         capture_output=True, text=True, timeout=120, check=True)
+    held, after = (float(v) for v in out.stdout.split())
+    assert held - after > 200, (held, after)
