@@ -128,33 +128,13 @@ def _seeded_random_state():
     tf.keras.utils.set_random_seed(0)
 
 
-def _uses_tiny_checkpoints(item):
-    return "tiny_checkpoints" in getattr(item, "fixturenames", ())
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "xdist_group(name): run these tests on one "
-                            "pytest-xdist worker (with --dist loadgroup)")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n 2 --dist loadgroup` (the README's command) one worker runs each test
-    file, so that module fixtures run once; the files that use the tiny checkpoints share one
-    worker, so that they are trained once."""
-    tiny_files = {item.path for item in items if _uses_tiny_checkpoints(item)}
-    for item in items:
-        group = "tiny_checkpoints" if item.path in tiny_files else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _start_tiny_checkpoints_early(request):
     """When the first test runs: start training the tiny checkpoints if a selected test
-    needs them (under pytest-xdist: when the first such test runs, on its worker); stop and
-    remove them at the end of the session."""
+    needs them; stop and remove them at the end of the session."""
     global _tiny
-    if not os.environ.get("PYTEST_XDIST_WORKER") and any(
-            _uses_tiny_checkpoints(item) for item in request.session.items):
+    if any("tiny_checkpoints" in getattr(item, "fixturenames", ())
+           for item in request.session.items):
         _tiny = _tiny or _TinyCheckpoints()
         _tiny.start()
     yield
