@@ -14,6 +14,7 @@ model: the model's coding functions call it, and imports run codec -> models onl
 import math
 
 import numpy as np
+import tensorflow as tf
 
 from models.config import DEFAULT_TILE  # noqa: F401 (the default of every tile argument)
 from models.layers import SignalConv2D
@@ -26,15 +27,26 @@ def convolutions(transform):
 
 
 def total_stride(transform):
+    """(downsampling, upsampling) factor of a transform's chain of convolutions, per side."""
+    return chain_stride(convolutions(transform))
+
+
+def chain_stride(convs):
     """(downsampling, upsampling) factor of a chain of convolutions, per side."""
     down = up = 1
-    for layer in convolutions(transform):
+    for layer in convs:
         down *= layer.strides_down[0]
         up *= layer.strides_up[0]
     return down, up
 
 
 def reach(transform):
+    """How far (in input samples) a change of one input sample can travel through a
+    transform's convolutions, either side (chain_reach)."""
+    return chain_reach(convolutions(transform))
+
+
+def chain_reach(convs):
     """How far (in input samples) a change of one input sample can travel, either side.
 
     Walks the convolutions in order, tracking the size of one sample of the current layer's
@@ -47,7 +59,7 @@ def reach(transform):
     measured extent of the gradients.
     """
     total, unit = 0.0, 1.0
-    for layer in convolutions(transform):
+    for layer in convs:
         half = (max(layer.kernel_support) - 1) / 2
         down, up = layer.strides_down[0], layer.strides_up[0]
         total += half / up * unit
@@ -118,3 +130,28 @@ def apply_tiled(function, inputs, tile, halo_size, align, scale):
                 :, skip_top:skip_top + out_bottom - out_top,
                 skip_left:skip_left + out_right - out_left]
     return output
+
+
+def row_bands_sum(function, tensors, band_elements):
+    """Sum of function(*row band of each tensor) over bands of rows, in the graph.
+
+    tensors: NHWC tensors of equal batch, height and width; function maps row bands of them
+    to a float32 vector with one value per batch element (a per-element reduction such as
+    bits, whose sum over bands is its value on the whole tensors up to float summation
+    order). Bands hold about `band_elements` values per batch element of the first tensor,
+    and one band's intermediates are alive at a time, so memory stays bounded for any image
+    size.
+    """
+    shape = tf.shape(tensors[0])
+    height = shape[1]
+    band = tf.maximum(1, band_elements // (shape[2] * shape[3]))
+
+    def add_band(start, total):
+        rows = [tensor[:, start:start + band] for tensor in tensors]
+        return start + band, total + function(*rows)
+
+    # One band at a time: parallel iterations would hold several bands' intermediates.
+    return tf.while_loop(lambda start, _: start < height, add_band,
+                         [0, tf.zeros(shape[:1], tf.float32)],
+                         shape_invariants=[tf.TensorShape([]), tf.TensorShape([None])],
+                         parallel_iterations=1)[1]

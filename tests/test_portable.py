@@ -23,27 +23,56 @@ import run_scripts
 from helpers import describe, finish, smooth_image, start_script
 
 
-def test_integer_indexes_do_not_depend_on_summation_order():
-    """Permuting the input channels (and the kernel's input axis) reorders every sum: the
-    integer network gives the same indexes bit for bit."""
-    model = make_entropy_model("hyperprior", 8)
-    model(tf.zeros((1, 32, 32, 8)), training=True)
+def _spread_integer_network(channels=8):
+    """(integer arrays, float layers) of an untrained hyper-synthesis scaled so that its
+    indexes spread over the table range."""
+    model = make_entropy_model("hyperprior", channels)
+    model(tf.zeros((1, 32, 32, channels)), training=True)
     for layer in model.hyper_synthesis.layers:
         layer.kernel_parameter.real.assign(layer.kernel_parameter.real * 3.0)
         layer.kernel_parameter.imag.assign(layer.kernel_parameter.imag * 3.0)
     last = model.hyper_synthesis.layers[-1]
-    last.bias_parameter.assign(np.linspace(5, 50, 8).astype(np.float32))
+    last.bias_parameter.assign(np.linspace(5, 50, channels).astype(np.float32))
     tables = model.coding_tables()
     arrays = {k[len("hyper_synthesis/"):]: v for k, v in tables.items()
               if k.startswith("hyper_synthesis/")}
+    return arrays, model.hyper_synthesis.layers
+
+
+def test_integer_indexes_do_not_depend_on_summation_order():
+    """Permuting the input channels (and the kernel's input axis) reorders every sum: the
+    integer network gives the same indexes bit for bit."""
+    arrays, layers = _spread_integer_network()
     symbols = np.random.default_rng(0).integers(-20, 21, (1, 8, 8, 8)).astype(np.int32)
-    indexes = IntegerNetwork(arrays, model.hyper_synthesis.layers, 64)(symbols).numpy()
+    indexes = IntegerNetwork(arrays, layers, 64)(symbols).numpy()
     assert len(np.unique(indexes)) > 10  # spread over the table range, not saturated
     order = np.random.default_rng(1).permutation(8)
     permuted = dict(arrays, kernel_0=arrays["kernel_0"][:, :, order, :],
                     input_offset=arrays["input_offset"][order])
-    again = IntegerNetwork(permuted, model.hyper_synthesis.layers, 64)(symbols[..., order])
+    again = IntegerNetwork(permuted, layers, 64)(symbols[..., order])
     np.testing.assert_array_equal(again.numpy(), indexes)
+
+
+@pytest.mark.parametrize("height", [1, 6, 13])
+def test_integer_network_over_row_bands_equals_the_whole_network(height):
+    """Bands of 1, 2 and 3 side rows (odd heights: a shorter last band; windows shifted at
+    the edges) give the whole network's indexes bit for bit, with the halo derived from the
+    convolutions (reach 1 + 1/2 + 1/4 side samples -> 2); one row less of halo does not."""
+    arrays, layers = _spread_integer_network()
+    network = IntegerNetwork(arrays, layers, 64)
+    assert network.halo == 2 and network.upsampling == 4
+    symbols = np.random.default_rng(height).integers(-20, 21, (1, height, 7, 8)).astype(
+        np.int32)
+    network.band_elements = 2 ** 40
+    whole = network(symbols).numpy()
+    assert whole.shape == (1, 4 * height, 28, 8)
+    assert len(np.unique(whole)) > 10
+    for rows in (1, 2, 3):
+        network.band_elements = rows * 7 * 8
+        np.testing.assert_array_equal(network(symbols).numpy(), whole)
+    if height > 3:
+        network.halo, network.band_elements = 1, 7 * 8
+        assert not np.array_equal(network(symbols).numpy(), whole)
 
 
 @pytest.mark.parametrize("entropy_model", ["hyperprior", "factorized"])

@@ -26,6 +26,11 @@ import tensorflow as tf
 
 from models import config
 
+# Values per row band over which `compress` evaluates the estimated bits (tiling.row_bands_sum):
+# the likelihoods take about 14 float32 copies of the tensor, about 1 GiB for a 24 MP image's
+# latent at once.
+BITS_BAND_ELEMENTS = 2 ** 20
+
 _CLASSES = {}
 
 

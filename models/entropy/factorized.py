@@ -3,7 +3,8 @@
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from models.entropy.base import EntropyModel, register
+from models import tiling
+from models.entropy.base import BITS_BAND_ELEMENTS, EntropyModel, register
 from models.entropy.coding import ChannelCoder, prior_tables
 
 
@@ -35,7 +36,9 @@ class FactorizedEntropyModel(EntropyModel):
 
     def compress(self, tensor):
         symbols = self.coder.symbols(tensor)
-        _, bits = self(tensor, training=False, quantization_offset=self.coder.offset)
+        bits = tiling.row_bands_sum(
+            lambda rows: self(rows, training=False, quantization_offset=self.coder.offset)[1],
+            [tensor], BITS_BAND_ELEMENTS)
         strings = [self.coder.encode(symbols)]
         return strings, [tf.shape(tensor)[1:3]], self.coder.dequantize(symbols), bits, [symbols]
 

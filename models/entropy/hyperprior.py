@@ -9,7 +9,8 @@ integer side symbols, so every machine selects the same table for every element.
 import tensorflow as tf
 import tensorflow_compression as tfc
 
-from models.entropy.base import EntropyModel, register
+from models import tiling
+from models.entropy.base import BITS_BAND_ELEMENTS, EntropyModel, register
 from models.entropy.coding import ChannelCoder, IndexedCoder, indexed_tables, prior_tables
 from models.entropy.integer import IntegerNetwork, fake_quantized_indexes, quantize_network
 from models.layers import conv, crop_to
@@ -121,8 +122,11 @@ class HyperpriorEntropyModel(EntropyModel):
         _, side_bits = self._side_model(self.side_coder.offset)(side_latent, training=False)
         indexes = self._coding_indexes(side_symbols, shape)
         symbols = tf.cast(tf.round(tensor), tf.int32)
-        _, bits = self._main_model(compression=False)(
-            tensor, tf.cast(indexes, tf.float32), training=False)
+        main_model = self._main_model(compression=False)
+        bits = tiling.row_bands_sum(
+            lambda rows, row_indexes: main_model(rows, tf.cast(row_indexes, tf.float32),
+                                                 training=False)[1],
+            [tensor, indexes], BITS_BAND_ELEMENTS)
         strings = [self.coder.encode(symbols, indexes), self.side_coder.encode(side_symbols)]
         return (strings, [shape, tf.shape(side_latent)[1:3]], tf.cast(symbols, tf.float32),
                 bits + side_bits, [symbols, side_symbols])

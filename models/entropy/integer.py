@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
+from models import tiling
 from models.entropy import winograd
 
 ACTIVATION_BITS = 8           # A: fractional bits of every activation
@@ -47,6 +48,11 @@ INPUT_MAX = 2 ** 20           # |x| of the input layer (side symbols up to 4096)
 ACTIVATION_MAX = 2 ** 20 - 1  # hidden activations: floats up to 4096
 WEIGHT_BITS = 15              # |W| <= 2^14
 EXACT_BOUND = 2 ** 52         # margin below 2^53, where float64 stops holding every integer
+# Side-latent values (rows x width x channels) per band of the coder's integer network: its
+# float64 activations at 4x the side resolution, and their Winograd forms, then stay within
+# a few hundred MiB whatever the image size (at 24 MP, the whole side latent at once took
+# about 1.5 GiB).
+BAND_ELEMENTS = 2 ** 17
 
 
 def _exceeds_exact_bound(magnitude_bound):
@@ -190,6 +196,11 @@ class IntegerNetwork:
     layer's own convolution; both are exact. The division and the quantized ReLU are fused:
     clip(floor((v + r) / d), 0, m) = min(floor(relu(v + r) / d), m), with v + r an integer
     below the bound and 1/d a power of two, so exact too.
+
+    It runs over bands of side-latent rows (about `band_elements` values each) with a halo
+    of the network's reach (derived from the convolutions, models/tiling.py), cropped away:
+    exact arithmetic makes the banded indexes equal the whole network's, and memory stays
+    bounded for any image size.
     """
 
     def __init__(self, arrays, convs, num_indexes):
@@ -219,6 +230,9 @@ class IntegerNetwork:
             self.layers.append((linear, tf.constant(bias + rounding, tf.float64),
                                 1.0 / divisor))
             input_max = ACTIVATION_MAX
+        _, self.upsampling = tiling.chain_stride(convs)
+        self.halo = math.ceil(tiling.chain_reach(convs))
+        self.band_elements = BAND_ELEMENTS
 
     def __call__(self, symbols):
         """int32 indexes in [0, num_indexes) from int32 side symbols (NHWC)."""
@@ -228,12 +242,42 @@ class IntegerNetwork:
         with tf.device("/CPU:0"):
             values = tf.cast(symbols, tf.float64) * 2.0 ** ACTIVATION_BITS + self.input_offset
             values = tf.clip_by_value(values, -float(INPUT_MAX), float(INPUT_MAX))
-            for index, (linear, rounding_bias, inverse) in enumerate(self.layers):
-                values = linear(values) + rounding_bias
-                if index < len(self.layers) - 1:
-                    values = tf.minimum(tf.floor(tf.nn.relu(values) * inverse),
-                                        float(ACTIVATION_MAX))
-                else:
-                    values = tf.clip_by_value(tf.floor(values * inverse), 0.0,
-                                              self.num_indexes - 1.0)
-            return tf.cast(values, tf.int32)
+            return self._banded(values)
+
+    def _banded(self, values):
+        """The network over bands of rows of `values` (the windows of tiling.windows, made
+        in the graph): int32 indexes, one band's activations alive at a time."""
+        shape = tf.shape(values)
+        height, up, halo = shape[1], self.upsampling, self.halo
+        band = tf.maximum(1, self.band_elements // (shape[2] * shape[3]))
+        count = (height + band - 1) // band
+        step = (height + count - 1) // count
+        length = tf.minimum(height, step + 2 * halo)
+
+        def run_band(index, bands):
+            start = index * step
+            end = tf.minimum(start + step, height)
+            first = tf.maximum(0, tf.minimum(start - halo, height - length))
+            indexes = self._run(values[:, first:first + length])
+            kept = indexes[:, (start - first) * up:(end - first) * up]
+            # Rows first: the TensorArray concatenates along its first axis.
+            return index + 1, bands.write(index, tf.transpose(tf.cast(kept, tf.int32),
+                                                              [1, 0, 2, 3]))
+
+        bands = tf.TensorArray(tf.int32, size=count, infer_shape=False)
+        # One band at a time: parallel iterations would hold several bands' activations.
+        _, bands = tf.while_loop(lambda index, _: index < count, run_band, [0, bands],
+                                 parallel_iterations=1)
+        return tf.transpose(bands.concat(), [1, 0, 2, 3])
+
+    def _run(self, values):
+        """The layers on integer-valued float64 input: integer-valued float64 indexes."""
+        for index, (linear, rounding_bias, inverse) in enumerate(self.layers):
+            values = linear(values) + rounding_bias
+            if index < len(self.layers) - 1:
+                values = tf.minimum(tf.floor(tf.nn.relu(values) * inverse),
+                                    float(ACTIVATION_MAX))
+            else:
+                values = tf.clip_by_value(tf.floor(values * inverse), 0.0,
+                                          self.num_indexes - 1.0)
+        return values
