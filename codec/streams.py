@@ -7,6 +7,7 @@ the first k of them back, decodes, checks the entropy-decoded symbols against th
 the encoder stored, and only then writes `rec_<name>.png` at each layer's exact size.
 """
 
+import ctypes
 import os
 
 # TensorFlow's oneDNN CPU allocator serves large tensors from a BFC pool that never returns
@@ -16,6 +17,30 @@ import os
 # difference: README, "Large images"). TensorFlow reads the variable at its first tensor
 # allocation, so it is set here, before a Codec can run anything; an explicit setting wins.
 os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+MMAP_THRESHOLD = 1 << 20
+
+
+def _fix_malloc_mmap_threshold():
+    """Make glibc map and unmap every allocation of MMAP_THRESHOLD bytes or more.
+
+    With the system allocator, glibc's malloc serves the tensors. Above its mmap threshold an
+    allocation is mapped and unmapped when freed, but the threshold rises to the size of every
+    freed mapping (up to 32 MiB), after which tensors come from the heaps of its per-thread
+    arenas, which keep freed memory in fragments: the resident size crept up stage after
+    stage. A threshold set once does not rise. MALLOC_MMAP_THRESHOLD_ in the environment
+    wins; not glibc: nothing to do.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
+
+
+_fix_malloc_mmap_threshold()
 
 from codec import bitstream  # noqa: E402
 from codec.image import pad_to_multiple, write_file_atomic, write_png  # noqa: E402
