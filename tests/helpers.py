@@ -1,4 +1,5 @@
 """Helpers shared by the tests: synthetic images and running the repo's scripts."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -120,3 +121,16 @@ def run_script_in_process(script, args):
     finally:
         sys.argv = argv
     return code, out.getvalue(), err.getvalue()
+
+
+@contextlib.contextmanager
+def functions_run_eagerly():
+    """Inside, tf.functions run eagerly in this process (tf.data still traces its own): for
+    a few training steps or coding calls on tiny inputs, far cheaper than tracing them
+    (seconds of CPU per function). Only where what a test checks is not the tracing."""
+    import tensorflow as tf
+    tf.config.run_functions_eagerly(True)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(False)

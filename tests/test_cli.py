@@ -8,12 +8,14 @@ import json
 import math
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import describe, finish, smooth_image, start_script
+import run_scripts
+from helpers import describe, finish, run_script_in_process, smooth_image, start_script
 
 SCRIPTS = ["train_quality.py", "train_spatial.py", "eval_quality.py", "eval_spatial.py",
            "create_tfrecords.py"]
@@ -42,19 +44,17 @@ def inputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def helps():
-    """Every script's --help, started (not awaited) so it overlaps the evaluations."""
-    return {script: start_script(script, "--help") for script in SCRIPTS}
-
-
-@pytest.fixture(scope="module")
-def runs(helps, tiny_checkpoints, inputs, tmp_path_factory):
+def runs(tiny_checkpoints, inputs, tmp_path_factory):
     """Every CLI process of this module, started as early as their inputs allow:
 
-    at once: eval_quality.py and eval_spatial.py on the folder and an eval with mismatching
-    filters; when the quality streams exist: --decompress of all layers of both images, the
-    same with --last_layer_only, and --decompress --num_layers 1 with only stream_B.tfci
-    present.
+    at once: eval_quality.py and eval_spatial.py on the folder, an eval with mismatching
+    filters (a real process: its stderr must be the one error line, no TensorFlow start-up
+    noise) and a tiled spatial eval; when the quality streams exist, in one receiver
+    process: --decompress of all layers of both images, the same with --last_layer_only, a
+    tiled --decompress, and --decompress --num_layers 1 with only stream_B.tfci present.
+    The eval with a negative
+    tile runs in this process (the script's own __main__ block): only its error matters
+    there, and a process start costs seconds of CPU.
     Returns (output folder, receiver folder, {key: CompletedProcess}).
     """
     out = tmp_path_factory.mktemp("eval")
@@ -72,11 +72,11 @@ def runs(helps, tiny_checkpoints, inputs, tmp_path_factory):
         "spatial_tiled": start_script("eval_spatial.py", "--input_image", inputs / "big.png",
                                       "--output_folder", out / "spatial_tiled", "--tile", "64",
                                       "--checkpoint_dir", tiny_checkpoints.spatial_dir),
-        "bad_tile": start_script("eval_quality.py", "--input_image", inputs / "dot.png",
-                                 "--output_folder", out / "bad_tile", "--tile", "-1",
-                                 "--checkpoint_dir", tiny_checkpoints.quality_dir),
     }
-    results = {"quality": finish(processes.pop("quality"))}
+    results = {"bad_tile": _run_in_process("eval_quality.py", [
+        "--input_image", inputs / "dot.png", "--output_folder", out / "bad_tile", "--tile", "-1",
+        "--checkpoint_dir", tiny_checkpoints.quality_dir])}
+    results["quality"] = finish(processes.pop("quality"))
     if results["quality"].returncode == 0:
         full = receiver / "full"
         shutil.copytree(out / "quality", full,
@@ -86,23 +86,31 @@ def runs(helps, tiny_checkpoints, inputs, tmp_path_factory):
         base_only = receiver / "base_only"
         os.makedirs(base_only)
         shutil.copy(out / "quality" / "big" / "stream_B.tfci", base_only)
-        processes["full"] = start_script(
-            "eval_quality.py", "--decompress", "--output_folder", full,
-            "--checkpoint_dir", tiny_checkpoints.quality_dir)
-        processes["top_only"] = start_script(
-            "eval_quality.py", "--decompress", "--last_layer_only", "--output_folder",
-            top_only, "--checkpoint_dir", tiny_checkpoints.quality_dir)
         tiled = receiver / "tiled"
         shutil.copytree(full, tiled)
-        processes["tiled"] = start_script(
-            "eval_quality.py", "--decompress", "--num_layers", "2", "--last_layer_only",
-            "--tile", "48", "--output_folder", tiled,
-            "--checkpoint_dir", tiny_checkpoints.quality_dir)
-        processes["base_only"] = start_script(
-            "eval_quality.py", "--decompress", "--num_layers", "1",
-            "--output_folder", base_only, "--checkpoint_dir", tiny_checkpoints.quality_dir)
+        decoders = {
+            "full": ["--output_folder", full],
+            "top_only": ["--last_layer_only", "--output_folder", top_only],
+            "tiled": ["--num_layers", "2", "--last_layer_only", "--tile", "48",
+                      "--output_folder", tiled],
+            "base_only": ["--num_layers", "1", "--output_folder", base_only]}
+        # One receiver process (TensorFlow starts once) runs the four decodes one after the
+        # other, each loading the checkpoint and reading its streams afresh.
+        command = []
+        for args in decoders.values():
+            command += ["eval_quality.py", "--decompress", *args, "--checkpoint_dir",
+                        tiny_checkpoints.quality_dir, run_scripts.SEPARATOR]
+        processes["receiver"] = start_script(os.path.join("tests", "run_scripts.py"), *command)
     results.update((key, finish(process)) for key, process in processes.items())
+    if "receiver" in results:
+        results.update((key, results["receiver"]) for key in decoders)
     return out, receiver, results
+
+
+def _run_in_process(script, args):
+    """`python script args` run in this process; a CompletedProcess like finish()'s."""
+    code, out, err = run_script_in_process(script, args)
+    return subprocess.CompletedProcess([script, *map(str, args)], code, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -266,9 +274,12 @@ def test_eval_with_mismatching_filters_fails_with_one_line(evals):
     assert not os.path.exists(out / "mismatch" / "stream_B.tfci")
 
 
-def test_help_of_every_script(helps):
-    for script, process in helps.items():
-        result = finish(process)
+def test_help_of_every_script():
+    # In this process (the scripts' own __main__ block): each script also runs as a fresh
+    # process elsewhere in this suite (the tiny checkpoints, the evaluations above,
+    # tests/test_create_tfrecords.py).
+    for script in SCRIPTS:
+        result = _run_in_process(script, ["--help"])
         assert result.returncode == 0, describe(result)
         assert "usage:" in result.stdout and "--" in result.stdout, script
 

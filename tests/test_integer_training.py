@@ -8,7 +8,7 @@ from bench.portable import stress_hyperprior
 from codec.image import write_png
 from models.config import ModelConfig
 from models.factory import build_model
-from helpers import run_script_in_process, smooth_image
+from helpers import functions_run_eagerly, run_script_in_process, smooth_image
 
 CONFIG = ModelConfig(mode="quality", layer_names=["B", "e1"], filters=[8, 8],
                      lmbdas=[250.0, 50.0], entropy_model="hyperprior")
@@ -75,11 +75,12 @@ def test_fine_tune_from_a_float_checkpoint_runs_and_resumes(tmp_path):
     common = ["--train_glob", str(tmp_path / "*.png"), "--checkpoint_dir", run,
               "--filters", "4", "--lmbdas", "250", "--patchsize", "64", "--batchsize", "2",
               "--preprocess_threads", "1", "--checkpoint_secs", "1000", "--log_every", "1"]
-    # One layer and two runs: each run traces a training step (tens of seconds here).
+    # One layer and two runs, their steps run eagerly: tracing a step costs ~10 CPU-s here.
     for last_step, flags, expected in ((2, [], "from step 0"),
                                        (3, ["--integer_hyper_synthesis"], "resuming from step 2")):
-        code, out, err = run_script_in_process(
-            "train_quality.py", common + ["--last_step", str(last_step)] + flags)
+        with functions_run_eagerly():
+            code, out, err = run_script_in_process(
+                "train_quality.py", common + ["--last_step", str(last_step)] + flags)
         assert code == 0, out + err
         assert expected in out and f"done: step {last_step}" in out, out
         assert ("integer hyper-synthesis" in out) == bool(flags), out
