@@ -29,7 +29,11 @@ from pipeline.locking import LOCK_NAME, DirectoryLock, LockError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = socket.gethostname()
-HOLD = ("import sys, time\nfrom pipeline.locking import DirectoryLock\n"
+# The holder sets Python's own SIGINT handling itself: a child inherits an ignored or blocked
+# SIGINT from its parent, and the test process is not a shell's foreground job everywhere.
+HOLD = ("import signal, sys, time\nfrom pipeline.locking import DirectoryLock\n"
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "with DirectoryLock(sys.argv[1], 'trained', '--checkpoint_dir'):\n"
         "    print('held', flush=True)\n    time.sleep(120)\n")
 
