@@ -5,7 +5,10 @@ transform's reach (how far, in input samples, a change can travel to an output s
 halo's outputs are cropped away, and the kept parts are written into one output array. The
 kept outputs then equal those of the whole image up to float rounding, while the transform's
 intermediate activations (hundreds of channels at 1/2 resolution) only ever exist for one
-tile. The reach is derived from the convolutions themselves (kernel supports and strides).
+tile. The reach is derived from the convolutions themselves (kernel supports and strides;
+`chain_reach` serves any chain of them, such as the integer hyper-synthesis, which runs over
+bands of rows the same way). `row_bands_sum` sums a per-element reduction (the estimated
+bits) over bands of rows inside a traced function, for the same reason: bounded memory.
 
 This is pure network code (a function of Keras layers and numpy arrays), so it lives with the
 model: the model's coding functions call it, and imports run codec -> models only.
