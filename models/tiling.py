@@ -6,9 +6,10 @@ halo's outputs are cropped away, and the kept parts are written into one output 
 kept outputs then equal those of the whole image up to float rounding, while the transform's
 intermediate activations (hundreds of channels at 1/2 resolution) only ever exist for one
 tile. The reach is derived from the convolutions themselves (kernel supports and strides;
-`chain_reach` serves any chain of them, such as the integer hyper-synthesis, which runs over
-bands of rows the same way). `row_bands_sum` sums a per-element reduction (the estimated
-bits) over bands of rows inside a traced function, for the same reason: bounded memory.
+`chain_reach` serves any chain of them). Inside traced functions, where sizes are tensors,
+`apply_row_bands` does the same over bands of rows (the integer hyper-synthesis), and
+`row_bands_sum` sums a per-element reduction (the estimated bits) over bands of rows, for
+the same reason: bounded memory.
 
 This is pure network code (a function of Keras layers and numpy arrays), so it lives with the
 model: the model's coding functions call it, and imports run codec -> models only.
@@ -135,6 +136,44 @@ def apply_tiled(function, inputs, tile, halo_size, align, scale):
     return output
 
 
+def _rows_per_band(tensor, band_elements):
+    """Rows of an NHWC tensor that hold about `band_elements` values per batch element."""
+    shape = tf.shape(tensor)
+    return tf.maximum(1, band_elements // (shape[2] * shape[3]))
+
+
+def apply_row_bands(function, inputs, band_elements, halo_size, scale, dtype):
+    """function applied to NHWC `inputs` over bands of rows, in the graph: `windows` made with
+    tensors, for traced functions whose input height is not known when tracing.
+
+    function: (n, h, W, C) -> (n, h * scale, W * scale, C') of `dtype`, with outputs that
+    depend on inputs within `halo_size` rows only (scale an integer). Bands hold about
+    `band_elements` values per batch element; each runs on a window of its rows plus a halo
+    (shifted inwards at the edges, one window length for all), whose outputs are cropped. One
+    window's intermediates are alive at a time, so memory stays bounded for any height.
+    """
+    height = tf.shape(inputs)[1]
+    band = _rows_per_band(inputs, band_elements)
+    count = (height + band - 1) // band
+    step = (height + count - 1) // count
+    length = tf.minimum(height, step + 2 * halo_size)
+
+    def run_band(index, bands):
+        start = index * step
+        end = tf.minimum(start + step, height)
+        first = tf.maximum(0, tf.minimum(start - halo_size, height - length))
+        outputs = function(inputs[:, first:first + length])
+        kept = outputs[:, (start - first) * scale:(end - first) * scale]
+        # Rows first: the TensorArray concatenates along its first axis.
+        return index + 1, bands.write(index, tf.transpose(kept, [1, 0, 2, 3]))
+
+    bands = tf.TensorArray(dtype, size=count, infer_shape=False)
+    # One band at a time: parallel iterations would hold several bands' intermediates.
+    _, bands = tf.while_loop(lambda index, _: index < count, run_band, [0, bands],
+                             parallel_iterations=1)
+    return tf.transpose(bands.concat(), [1, 0, 2, 3])
+
+
 def row_bands_sum(function, tensors, band_elements):
     """Sum of function(*row band of each tensor) over bands of rows, in the graph.
 
@@ -145,9 +184,8 @@ def row_bands_sum(function, tensors, band_elements):
     and one band's intermediates are alive at a time, so memory stays bounded for any image
     size.
     """
-    shape = tf.shape(tensors[0])
-    height = shape[1]
-    band = tf.maximum(1, band_elements // (shape[2] * shape[3]))
+    height = tf.shape(tensors[0])[1]
+    band = _rows_per_band(tensors[0], band_elements)
 
     def add_band(start, total):
         rows = [tensor[:, start:start + band] for tensor in tensors]
@@ -155,6 +193,6 @@ def row_bands_sum(function, tensors, band_elements):
 
     # One band at a time: parallel iterations would hold several bands' intermediates.
     return tf.while_loop(lambda start, _: start < height, add_band,
-                         [0, tf.zeros(shape[:1], tf.float32)],
+                         [0, tf.zeros(tf.shape(tensors[0])[:1], tf.float32)],
                          shape_invariants=[tf.TensorShape([]), tf.TensorShape([None])],
                          parallel_iterations=1)[1]

@@ -242,36 +242,11 @@ class IntegerNetwork:
         with tf.device("/CPU:0"):
             values = tf.cast(symbols, tf.float64) * 2.0 ** ACTIVATION_BITS + self.input_offset
             values = tf.clip_by_value(values, -float(INPUT_MAX), float(INPUT_MAX))
-            return self._banded(values)
-
-    def _banded(self, values):
-        """The network over bands of rows of `values` (the windows of tiling.windows, made
-        in the graph): int32 indexes, one band's activations alive at a time."""
-        shape = tf.shape(values)
-        height, up, halo = shape[1], self.upsampling, self.halo
-        band = tf.maximum(1, self.band_elements // (shape[2] * shape[3]))
-        count = (height + band - 1) // band
-        step = (height + count - 1) // count
-        length = tf.minimum(height, step + 2 * halo)
-
-        def run_band(index, bands):
-            start = index * step
-            end = tf.minimum(start + step, height)
-            first = tf.maximum(0, tf.minimum(start - halo, height - length))
-            indexes = self._run(values[:, first:first + length])
-            kept = indexes[:, (start - first) * up:(end - first) * up]
-            # Rows first: the TensorArray concatenates along its first axis.
-            return index + 1, bands.write(index, tf.transpose(tf.cast(kept, tf.int32),
-                                                              [1, 0, 2, 3]))
-
-        bands = tf.TensorArray(tf.int32, size=count, infer_shape=False)
-        # One band at a time: parallel iterations would hold several bands' activations.
-        _, bands = tf.while_loop(lambda index, _: index < count, run_band, [0, bands],
-                                 parallel_iterations=1)
-        return tf.transpose(bands.concat(), [1, 0, 2, 3])
+            return tiling.apply_row_bands(self._run, values, self.band_elements, self.halo,
+                                          self.upsampling, tf.int32)
 
     def _run(self, values):
-        """The layers on integer-valued float64 input: integer-valued float64 indexes."""
+        """The layers on integer-valued float64 input: int32 indexes."""
         for index, (linear, rounding_bias, inverse) in enumerate(self.layers):
             values = linear(values) + rounding_bias
             if index < len(self.layers) - 1:
@@ -280,4 +255,4 @@ class IntegerNetwork:
             else:
                 values = tf.clip_by_value(tf.floor(values * inverse), 0.0,
                                           self.num_indexes - 1.0)
-        return values
+        return tf.cast(values, tf.int32)
