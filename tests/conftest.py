@@ -191,6 +191,19 @@ def _tiny_checkpoints(tmp_path_factory):
     return _tiny
 
 
+# The slowest test files (each one to a few minutes of CPU on 2 cores), slowest first: under
+# pytest-xdist's --dist loadfile the workers then take the long files first and finish
+# together. The other files keep pytest's order after them.
+SLOW_TEST_FILES = ("test_distribute.py", "test_portable.py", "test_cli.py",
+                   "test_training_faults.py", "test_pretrained.py", "test_models.py",
+                   "test_robustness.py", "test_tiling.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: k for k, name in enumerate(SLOW_TEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort
+
+
 @pytest.fixture(autouse=True)
 def _seeded_random_state():
     """Every test starts from the same Python, NumPy and TensorFlow random state, so that an
