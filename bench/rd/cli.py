@@ -23,11 +23,13 @@ PROFILES = {
                 tfrecord_patchsize=256, lr_schedule="constant"),
     # The shipped models (pretrained/): sized for the 40 MB cap in float16 (see README,
     # "Shipped models") and trained on this 2-core CPU across sessions, with a decay at 85 %.
+    # Spatial examples of 320 pixels give each 256-pixel crop 17x17 aligned offsets (256-pixel
+    # examples would give 892 fixed crops, and would drop more of the 481x321 photos).
     "ship": dict(filters=[48, 48, 64, 64], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=128,
                  batchsize=8, steps=25000, learning_rate=5e-4,
                  spatial_filters=[48, 48, 48], spatial_lmbdas=[400.0, 300.0, 200.0],
                  spatial_patchsize=256, spatial_batchsize=8, spatial_steps=25000,
-                 tfrecord_patchsize=256, lr_schedule="decay"),
+                 tfrecord_patchsize=320, lr_schedule="decay"),
     # The paper's sizes (ARCHITECTURE.md): GPU protocol, flags only.
     "gpu": dict(filters=[96, 120, 144, 196], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=256,
                 batchsize=8, steps=20000, learning_rate=1e-4,
