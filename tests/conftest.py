@@ -124,14 +124,18 @@ class _TinyCheckpoints:
     def _finished(self):
         return os.path.exists(self._path("done")) or os.path.exists(self._path("failed"))
 
+    def _start_training(self):
+        """Train in a background thread; the caller holds the lock, which _run releases."""
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
     def start(self):
         """Start training unless it is trained, or another process is training it."""
         if self._thread is None and self._acquire(blocking=False):
             if self._finished():
                 self._release()
             else:
-                self._thread = threading.Thread(target=self._run, daemon=True)
-                self._thread.start()
+                self._start_training()
 
     def wait(self):
         self.start()
@@ -142,9 +146,8 @@ class _TinyCheckpoints:
             finished = self._finished()
             self._release()
             if not finished:  # that process died before finishing: train them here
-                self._thread = threading.Thread(target=self._run, daemon=True)
                 self._acquire(blocking=True)
-                self._thread.start()
+                self._start_training()
                 self._thread.join()
         if os.path.exists(self._path("failed")):
             with open(self._path("failed")) as f:
