@@ -26,6 +26,12 @@ Two ways in:
    is dropped), so a large photo gives several examples; the half and quarter
    of each patch are downsampled from that full patch itself, so the three
    align exactly. Images smaller than the patch are skipped and reported.
+   With --whole_images, each image is written whole instead (its right and
+   bottom edges cut to a multiple of 4, so the pyramid is exactly 4:2:1),
+   its half and quarter made from the whole image as eval_spatial.py makes
+   them; train_spatial.py then takes a random aligned crop of its
+   --patchsize from a whole photo on every visit. Images smaller than
+   --patchsize are skipped, so every example holds a crop of that size.
 
 Output: with --num_shards 1 (default) one file, OUT. With --num_shards N > 1,
 N files OUT-00000-of-0000N ... OUT-0000(N-1)-of-0000N (5 digits each),
@@ -76,6 +82,11 @@ def parse_args(argv):
         "Without half/quarter folders, images are cut into patches of this "
         "size; with them, triples larger than this are cut.")
     parser.add_argument(
+        "--whole_images", action="store_true",
+        help="Without half/quarter folders: write each image whole (sides cut to a "
+        "multiple of 4) rather than cut into patches; --patchsize is then the smallest "
+        "side kept (the training crop).")
+    parser.add_argument(
         "--num_shards", type=int, default=1,
         help="Number of output files.")
     add_resample_flag(parser)
@@ -108,6 +119,14 @@ def cut_patches(image, patchsize, resample):
         for x in range(0, width - p + 1, p):
             quarter, half, full = pyramid(image[y:y + p, x:x + p], 3, resample)
             yield full, half, quarter
+
+
+def whole_example(image, resample):
+    """Mode 2 with --whole_images: the image cut to sides that are multiples of 4, and its
+    pyramid."""
+    height, width = image.shape[:2]
+    quarter, half, full = pyramid(image[:height - height % 4, :width - width % 4], 3, resample)
+    return full, half, quarter
 
 
 def triple_examples(full, half, quarter, patchsize):
@@ -247,6 +266,9 @@ def _check_args(args):
     if args.patchsize < 16 or args.patchsize % 4:
         raise DataError(f"--patchsize {args.patchsize} must be a multiple of 4 "
                         "and at least 16")
+    if args.whole_images and args.input_image_half:
+        raise DataError("--whole_images makes the half and quarter images itself: give "
+                        "it without --input_image_half and --input_image_quater")
     if args.num_shards < 1:
         raise DataError(f"--num_shards {args.num_shards} must be at least 1")
     if os.path.isdir(args.train_tfrecords):
@@ -283,7 +305,7 @@ def _sources(args):
     return sources, skipped
 
 
-def _examples(source, patchsize, resample):
+def _examples(source, patchsize, resample, whole_images=False):
     """Examples of one source, or raises DataError/ImageError with the reason."""
     name, full_path, half_path, quarter_path = source
     full = read_image(full_path)
@@ -293,6 +315,8 @@ def _examples(source, patchsize, resample):
             raise _Skip("smaller than patch",
                         f"{width}x{height} is smaller than the {patchsize}x"
                         f"{patchsize} patch")
+        if whole_images:
+            return [whole_example(full, resample)]
         return list(cut_patches(full, patchsize, resample))
     half = read_image(half_path)
     quarter = read_image(quarter_path)
@@ -328,7 +352,8 @@ def create(args):
         for done, source in enumerate(sources, 1):
             name = source[0]
             try:
-                examples = _examples(source, args.patchsize, args.resample)
+                examples = _examples(source, args.patchsize, args.resample,
+                                     args.whole_images)
             except _Skip as e:
                 print(f"skipped '{name}': {e}", file=sys.stderr, flush=True)
                 skipped.append((name, e.kind))

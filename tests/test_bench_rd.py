@@ -158,6 +158,33 @@ def test_parse_args_profiles():
     assert a.steps == 7 and a.single_steps == 7 and a.filters == [8, 8]
 
 
+def test_ship_profile_makes_whole_photo_tfrecords(tmp_path):
+    """The ship profile's tfrecords stage writes every photo whole (create_tfrecords.py
+    --whole_images), so the spatial training crops them at random offsets."""
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+    from bench.rd.stages import Protocol
+    from pipeline import data
+    rng = np.random.default_rng(0)
+    for name, (h, w) in (("a", (50, 70)), ("b", (64, 40))):
+        os.makedirs(tmp_path / "photos" / "set", exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            tmp_path / "photos" / "set" / f"{name}.png")
+    args = cli.parse_args(["--profile", "ship", "--train_dir", str(tmp_path / "photos"),
+                           "--work_dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                           "--tfrecord_patchsize", "32"])
+    assert args.tfrecord_examples == "whole_images" and args.spatial_patchsize == 320
+    proto = Protocol(args)
+    proto.stage_tfrecords()
+    path = proto.tfrecord_path()
+    assert os.path.basename(path) == "train_whole_32.tfrecords"
+    sizes = sorted(tuple(data.parse_example(r)[2].shape[:2]) for r in tf.data.TFRecordDataset(path))
+    assert sizes == [(48, 68), (64, 40)]
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--tfrecord_examples", "tiles"])
+
+
 def test_speed_helpers():
     from bench import speed
     calls = []

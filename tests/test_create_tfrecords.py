@@ -109,6 +109,50 @@ def test_mode2_patches(tmp_path, capsys):
         np.testing.assert_array_equal(q, downsample(patch, (8, 8)))
 
 
+def test_mode2_whole_images(tmp_path, capsys):
+    """--whole_images: one example per image, sides cut to a multiple of 4, the pyramid made
+    from the whole (cut) image; images smaller than --patchsize skipped; the training
+    dataset then crops every aligned --patchsize window out of the whole photos."""
+    wide = _save(str(tmp_path / "in" / "wide.png"), _image(70, 101, 1))
+    tall = _save(str(tmp_path / "in" / "tall.png"), _image(66, 48, 2))
+    _save(str(tmp_path / "in" / "tiny.png"), _image(30, 100, 3))
+    out = tmp_path / "train.tfrecords"
+    result = _run(f"--train_tfrecords={out}", f"--input_image={tmp_path / 'in'}",
+                  "--patchsize=32", "--whole_images")
+    assert result["examples"] == 2 and result["images"] == 2
+    assert [kind for _, kind in result["skipped"]] == ["smaller than patch"]
+    records = dict(zip(("tall", "wide"), _read([str(out)])))  # files in name order
+    for name, image, (height, width) in (("tall", tall, (64, 48)), ("wide", wide, (68, 100))):
+        q, h, f = records[name]
+        np.testing.assert_array_equal(f, image[:height, :width])
+        np.testing.assert_array_equal(h, downsample(f, (height // 2, width // 2)))
+        np.testing.assert_array_equal(q, downsample(f, (height // 4, width // 4)))
+
+    dataset = data.pyramid_dataset([str(out)], batchsize=1, patchsize=32, seed=3)
+    offsets = set()
+    for q, h, f in dataset.take(40):
+        q, h, f = (np.round(v.numpy()[0] * 255).astype(np.uint8) for v in (q, h, f))
+        source = [name for name, (_, _, full) in records.items()
+                  if full.shape[1] >= 32 and any(
+                      np.array_equal(full[y:y + 32, x:x + 32], f)
+                      for y in range(0, full.shape[0] - 31, 4)
+                      for x in range(0, full.shape[1] - 31, 4))]
+        assert len(source) == 1
+        rq, rh, rf = records[source[0]]
+        (y, x), = [(y, x) for y in range(0, rf.shape[0] - 31, 4)
+                   for x in range(0, rf.shape[1] - 31, 4)
+                   if np.array_equal(rf[y:y + 32, x:x + 32], f)]
+        np.testing.assert_array_equal(h, rh[y // 2:y // 2 + 16, x // 2:x // 2 + 16])
+        np.testing.assert_array_equal(q, rq[y // 4:y // 4 + 8, x // 4:x // 4 + 8])
+        offsets.add((source[0], y, x))
+    assert len(offsets) > 10  # random offsets, not one fixed patch per photo
+
+    with pytest.raises(DataError, match="--whole_images makes the half and quarter"):
+        _run(f"--train_tfrecords={tmp_path / 'x'}", f"--input_image={tmp_path / 'in'}",
+             f"--input_image_half={tmp_path / 'in'}", f"--input_image_quater={tmp_path / 'in'}",
+             "--whole_images")
+
+
 def test_shards(tmp_path):
     _save(str(tmp_path / "in" / "a.png"), _image(64, 96, 1))
     out = tmp_path / "train.tfrecords"

@@ -11,6 +11,9 @@ from models.config import ENTROPY_MODELS
 
 STAGES = ("train_quality", "train_single", "tfrecords", "train_spatial", "export",
           "eval_quality", "eval_spatial", "anchors", "aggregate", "eval_lowres")
+# How create_tfrecords.py makes the spatial examples: cut into patches of tfrecord_patchsize,
+# or whole photos (--whole_images, tfrecord_patchsize being the smallest side kept).
+TFRECORD_EXAMPLES = ("patches", "whole_images")
 # Run only when named in --stages.
 OPTIONAL_STAGES = ("portable",)
 
@@ -20,28 +23,32 @@ PROFILES = {
                 batchsize=8, steps=1000, learning_rate=1e-3,
                 spatial_filters=[32, 32, 32], spatial_lmbdas=[400.0, 300.0, 200.0],
                 spatial_patchsize=128, spatial_batchsize=2, spatial_steps=1000,
-                tfrecord_patchsize=256, lr_schedule="constant"),
+                tfrecord_patchsize=256, tfrecord_examples="patches", lr_schedule="constant"),
     # The shipped models (pretrained/): sized for the 40 MB cap in float16 (see README,
     # "Shipped models") and trained on this 2-core CPU across sessions, with a decay at 85 %.
-    # Spatial examples of 320 pixels give each 256-pixel crop 17x17 aligned offsets (256-pixel
-    # examples would give 892 fixed crops, and would drop more of the 481x321 photos).
+    # Spatial crops of 320 pixels give the base layer 80x80 images, so its hyper-latent is 2x2
+    # as the quality model's (at 256 it is 1x1 and the base layer's bits, estimated and
+    # actual, go astray on larger images; README, "Shipped models"); batch 5 keeps the pixels
+    # per step of 8 x 256. The crops come from whole photos (every aligned offset), none of
+    # the 148 being smaller than 480x320.
     "ship": dict(filters=[48, 48, 64, 64], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=128,
                  batchsize=8, steps=25000, learning_rate=5e-4,
                  spatial_filters=[48, 48, 48], spatial_lmbdas=[400.0, 300.0, 200.0],
-                 spatial_patchsize=256, spatial_batchsize=8, spatial_steps=25000,
-                 tfrecord_patchsize=320, lr_schedule="decay"),
+                 spatial_patchsize=320, spatial_batchsize=5, spatial_steps=25000,
+                 tfrecord_patchsize=320, tfrecord_examples="whole_images",
+                 lr_schedule="decay"),
     # The paper's sizes (ARCHITECTURE.md): GPU protocol, flags only.
     "gpu": dict(filters=[96, 120, 144, 196], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=256,
                 batchsize=8, steps=20000, learning_rate=1e-4,
                 spatial_filters=[96, 96, 96], spatial_lmbdas=[400.0, 300.0, 200.0],
                 spatial_patchsize=512, spatial_batchsize=8, spatial_steps=20000,
-                tfrecord_patchsize=512, lr_schedule="constant"),
+                tfrecord_patchsize=512, tfrecord_examples="patches", lr_schedule="constant"),
     # Smoke test of the whole pipeline (minutes).
     "tiny": dict(filters=[8, 8, 8, 8], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=64,
                  batchsize=2, steps=3, learning_rate=1e-4,
                  spatial_filters=[8, 8, 8], spatial_lmbdas=[400.0, 300.0, 200.0],
                  spatial_patchsize=64, spatial_batchsize=2, spatial_steps=3,
-                 tfrecord_patchsize=128, lr_schedule="constant"),
+                 tfrecord_patchsize=128, tfrecord_examples="patches", lr_schedule="constant"),
 }
 
 
@@ -107,6 +114,8 @@ def parse_args(argv=None):
     unknown = sorted(set(args.stages) - set(STAGES + OPTIONAL_STAGES))
     if unknown:
         p.error(f"unknown stages {unknown}; choose from {STAGES + OPTIONAL_STAGES}")
+    if args.tfrecord_examples not in TFRECORD_EXAMPLES:
+        p.error(f"--tfrecord_examples must be one of {', '.join(TFRECORD_EXAMPLES)}")
     if bool(args.qat_dir) != bool(args.float_dir):
         p.error("--qat_dir and --float_dir go together (the two fine-tunes to compare)")
     if len(args.filters) != len(args.lmbdas):

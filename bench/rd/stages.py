@@ -139,7 +139,9 @@ class Protocol:
                        self.train_glob(), [f], [l], a.patchsize, a.batchsize, a.single_steps)
 
     def tfrecord_path(self):
-        return os.path.join(self.work, "data", f"train_{self.args.tfrecord_patchsize}.tfrecords")
+        whole = "whole_" if self.args.tfrecord_examples == "whole_images" else ""
+        return os.path.join(self.work, "data",
+                            f"train_{whole}{self.args.tfrecord_patchsize}.tfrecords")
 
     def stage_tfrecords(self):
         path = self.tfrecord_path()
@@ -149,7 +151,8 @@ class Protocol:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".partial"
         self.run([self.py, "create_tfrecords.py", "--input_image", self.train_glob(),
-                  "--patchsize", str(self.args.tfrecord_patchsize), "--train_tfrecords", tmp])
+                  "--patchsize", str(self.args.tfrecord_patchsize), "--train_tfrecords", tmp]
+                 + (["--whole_images"] if self.args.tfrecord_examples == "whole_images" else []))
         os.replace(tmp, path)
 
     def stage_train_spatial(self):
@@ -377,4 +380,5 @@ class Protocol:
                     spatial_filters=a.spatial_filters, spatial_lmbdas=a.spatial_lmbdas,
                     spatial_patchsize=a.spatial_patchsize, spatial_batchsize=a.spatial_batchsize,
                     spatial_steps=a.spatial_steps, tfrecord_patchsize=a.tfrecord_patchsize,
+                    tfrecord_examples=a.tfrecord_examples,
                     train_dir=a.train_dir, kodak=a.kodak, max_images=a.max_images, seed=a.seed)
