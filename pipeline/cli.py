@@ -264,6 +264,25 @@ def load_codec(args, mode):
     return Codec(load_trained_model(args.checkpoint_dir, mode, **requested), tile=args.tile)
 
 
+def small_patch_note(config, patchsize):
+    """A note when `patchsize` gives the lowest layer a hyperprior side latent of one element
+    per side: its hyperprior then trains only the centre taps of its kernels (the others see
+    zero padding), and on larger images its scales, and so its rates, estimated and actual, go
+    astray. None otherwise."""
+    from models.entropy.hyperprior import HyperpriorEntropyModel
+    if config.entropy_model != "hyperprior":
+        return None
+    levels_below = config.num_layers - 1 if config.mode == "spatial" else 0
+    side = patchsize >> levels_below
+    latent = -(-side // DOWNSAMPLING)
+    if latent > HyperpriorEntropyModel.SIDE_DOWNSAMPLING:
+        return None
+    smallest = (DOWNSAMPLING * (HyperpriorEntropyModel.SIDE_DOWNSAMPLING + 1)) << levels_below
+    return (f"note: at --patchsize {patchsize} layer {config.layer_names[0]} trains on "
+            f"{side}x{side} images, whose hyperprior side latent is 1x1: its rates go astray on "
+            f"larger images; train with --patchsize {smallest} or more for real images")
+
+
 def train_from_flags(args, config, make_dataset):
     """Run the training driver with the common flags, holding --checkpoint_dir's lock (taken
     before anything is written, by the chief only; see pipeline/locking.py); a signal exits
@@ -274,6 +293,9 @@ def train_from_flags(args, config, make_dataset):
     schedule = StepSchedule(args.learning_rate, args.lr_schedule, args.last_step,
                             args.decay_start_fraction, args.decay_factor)
     chief = distribute.is_chief()
+    note = small_patch_note(config, args.patchsize)
+    if note and chief:
+        print(note, flush=True)
     if args.distribution:  # reseeded from the step on resume (see pipeline/distribute.py)
         dataset = lambda step: make_dataset(None if args.seed is None else args.seed + step)
     else:

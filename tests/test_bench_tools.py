@@ -270,3 +270,37 @@ def test_plot_writes_png(tmp_path):
     # also accepts a list of results documents
     plot.plot_rd([scal], str(tmp_path / "rd2.png"))
     assert (tmp_path / "rd2.png").stat().st_size > 0
+
+
+def test_bits_by_size_crops_and_sums_every_layer(tiny_checkpoints, tmp_path):
+    """bench.bits_by_size: whole images and square crops, every layer's estimated and actual
+    bits summed over them, the payload being the strings compress_layers makes."""
+    from bench import bits_by_size
+    from codec.image import pad_to_multiple, pyramid
+    from models.config import ModelConfig
+    from models.scalable import PAD_MULTIPLE
+    from pipeline.checkpoints import load_trained_model
+    image = np.random.default_rng(1).integers(0, 256, (128, 192, 3), dtype=np.uint8)
+    assert [c.shape[:2] for c in bits_by_size.crops(image, 64)] == [(64, 64)] * 6
+    assert bits_by_size.crops(image, 0)[0] is image
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    out = tmp_path / "bits.json"
+    assert bits_by_size.main(["--checkpoint_dir", tiny_checkpoints.spatial_dir, "--images",
+                              str(tmp_path / "*.png"), "--crops", "0,64", "--out", str(out)]) == 0
+    with open(out) as f:
+        doc = json.load(f)
+    assert doc["mode"] == "spatial" and doc["results"]["64"]["crops"] == 6
+    names = ModelConfig.load(tiny_checkpoints.spatial_dir).layer_names
+    whole = doc["results"]["0"]["layers"]
+    assert list(whole) == names
+    model = load_trained_model(tiny_checkpoints.spatial_dir, "spatial")
+    levels = [pad_to_multiple(level, PAD_MULTIPLE) for level in pyramid(image, len(names))]
+    expected = bits_by_size.layer_bits(model, levels)
+    for name, (estimated, actual) in zip(names, expected):
+        assert whole[name]["actual_bits"] == actual > 0
+        assert whole[name]["estimated_bits"] == round(estimated)
+        assert whole[name]["ratio"] == round(estimated / actual, 4)
+
+    with pytest.raises(SystemExit, match="matches no file"):
+        bits_by_size.main(["--checkpoint_dir", tiny_checkpoints.spatial_dir,
+                           "--images", str(tmp_path / "*.jpg")])

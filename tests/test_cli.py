@@ -139,6 +139,29 @@ def test_resume_prints_the_step(tiny_checkpoints):
     assert config["filters"] == [8, 8] and config["entropy_model"] == "hyperprior"
 
 
+def test_training_notes_a_patch_too_small_for_the_hyperprior(tiny_checkpoints):
+    """The tiny quality run trains at --patchsize 64: a 1x1 side latent, which training notes."""
+    assert ("note: at --patchsize 64 layer B trains on 64x64 images, whose hyperprior side "
+            "latent is 1x1" in tiny_checkpoints.quality_output)
+    assert "--patchsize 80 or more" in tiny_checkpoints.quality_output
+
+
+@pytest.mark.parametrize("mode, layers, entropy, patchsize, smallest", [
+    ("quality", 2, "hyperprior", 64, 80), ("quality", 4, "hyperprior", 80, None),
+    ("spatial", 3, "hyperprior", 256, 320), ("spatial", 3, "hyperprior", 320, None),
+    ("spatial", 2, "hyperprior", 128, 160), ("spatial", 3, "factorized", 64, None)])
+def test_small_patch_note(mode, layers, entropy, patchsize, smallest):
+    from models.config import ModelConfig, layer_names
+    from pipeline.cli import small_patch_note
+    config = ModelConfig(mode=mode, layer_names=layer_names(layers), filters=[8] * layers,
+                         lmbdas=[1.0] * layers, entropy_model=entropy)
+    note = small_patch_note(config, patchsize)
+    if smallest is None:
+        assert note is None
+    else:
+        assert f"--patchsize {smallest} or more" in note
+
+
 def test_eval_quality_folder_writes_streams_pngs_and_results(evals, inputs):
     out, results = evals
     quality = out / "quality"

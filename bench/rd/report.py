@@ -119,7 +119,8 @@ def aggregate(out: str, load, num_layers: int, num_levels: int, config: Mapping)
         quality_curves.setdefault(d["name"], d)
     if quality_curves:
         plot.plot_rd(quality_curves, os.path.join(out, "rd_quality.png"),
-                     f"Quality scalability, Kodak ({n_img} images), CPU-scale training")
+                     f"Quality scalability, Kodak ({n_img} images), {config.get('steps')} "
+                     "training steps")
     if "quality_scalable" in docs:
         tests = [n for n in ("Ours-single-layer", "Ours-simulcast", "JPEG2000-layered",
                              "JPEG2000", "WebP", "JPEG") if n in quality_curves]
