@@ -174,7 +174,7 @@ def test_ship_profile_makes_whole_photo_tfrecords(tmp_path):
     args = cli.parse_args(["--profile", "ship", "--train_dir", str(tmp_path / "photos"),
                            "--work_dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
                            "--tfrecord_patchsize", "32"])
-    assert args.tfrecord_examples == "whole_images" and args.spatial_patchsize == 320
+    assert args.tfrecord_examples == "whole_images" and args.spatial_patchsize == 512
     proto = Protocol(args)
     proto.stage_tfrecords()
     path = proto.tfrecord_path()

@@ -139,22 +139,22 @@ def test_resume_prints_the_step(tiny_checkpoints):
     assert config["filters"] == [8, 8] and config["entropy_model"] == "hyperprior"
 
 
-def test_training_notes_a_patch_too_small_for_the_hyperprior(tiny_checkpoints):
-    """The tiny quality run trains at --patchsize 64: a 1x1 side latent, which training notes."""
-    assert ("note: at --patchsize 64 layer B trains on 64x64 images, whose hyperprior side "
-            "latent is 1x1" in tiny_checkpoints.quality_output)
-    assert "--patchsize 80 or more" in tiny_checkpoints.quality_output
+def test_training_notes_a_patch_too_small_for_photos(tiny_checkpoints):
+    """The tiny quality run trains at --patchsize 64 (4x4 latents), which training notes."""
+    assert ("note: at --patchsize 64 layer B trains on 64x64 images (4x4 latents)"
+            in tiny_checkpoints.quality_output)
+    assert "--patchsize 128 or more" in tiny_checkpoints.quality_output
 
 
-@pytest.mark.parametrize("mode, layers, entropy, patchsize, smallest", [
-    ("quality", 2, "hyperprior", 64, 80), ("quality", 4, "hyperprior", 80, None),
-    ("spatial", 3, "hyperprior", 256, 320), ("spatial", 3, "hyperprior", 320, None),
-    ("spatial", 2, "hyperprior", 128, 160), ("spatial", 3, "factorized", 64, None)])
-def test_small_patch_note(mode, layers, entropy, patchsize, smallest):
+@pytest.mark.parametrize("mode, layers, patchsize, smallest", [
+    ("quality", 2, 64, 128), ("quality", 4, 80, 128), ("quality", 4, 128, None),
+    ("spatial", 3, 256, 512), ("spatial", 3, 320, 512), ("spatial", 3, 512, None),
+    ("spatial", 2, 128, 256), ("spatial", 2, 256, None)])
+def test_small_patch_note(mode, layers, patchsize, smallest):
     from models.config import ModelConfig, layer_names
     from pipeline.cli import small_patch_note
     config = ModelConfig(mode=mode, layer_names=layer_names(layers), filters=[8] * layers,
-                         lmbdas=[1.0] * layers, entropy_model=entropy)
+                         lmbdas=[1.0] * layers)
     note = small_patch_note(config, patchsize)
     if smallest is None:
         assert note is None

@@ -170,12 +170,3 @@ def test_hyperprior_side_information_has_its_own_string(coders):
     np.testing.assert_array_equal(shapes[1].numpy(), [8, 8])
     assert all(len(s) > 0 for s in strings[1].numpy())
 
-
-@pytest.mark.parametrize("latent_side, side_latent_side", [(4, 1), (5, 2), (8, 2), (9, 3)])
-def test_side_downsampling_matches_the_hyper_analysis(latent_side, side_latent_side):
-    """HyperpriorEntropyModel.SIDE_DOWNSAMPLING (used by the training-patch note) is the side
-    latent's downsampling that the layers give (ceil division)."""
-    model = make_entropy_model("hyperprior", CHANNELS)
-    side = model.hyper_analysis(tf.zeros((1, latent_side, latent_side, CHANNELS)))
-    assert side.shape[1] == side_latent_side
-    assert side_latent_side == -(-latent_side // HyperpriorEntropyModel.SIDE_DOWNSAMPLING)

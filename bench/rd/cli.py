@@ -26,16 +26,15 @@ PROFILES = {
                 tfrecord_patchsize=256, tfrecord_examples="patches", lr_schedule="constant"),
     # The shipped models (pretrained/): sized for the 40 MB cap in float16 (see README,
     # "Shipped models") and trained on this 2-core CPU across sessions, with a decay at 85 %.
-    # Spatial crops of 320 pixels give the base layer 80x80 images, so its hyper-latent is 2x2
-    # as the quality model's (at 256 it is 1x1 and the base layer's bits, estimated and
-    # actual, go astray on larger images; README, "Shipped models"); batch 5 keeps the pixels
-    # per step of 8 x 256. The crops come from whole photos (every aligned offset), none of
-    # the 148 being smaller than 480x320.
+    # Spatial crops of 512 pixels (the paper's) give the base layer 128x128 images: 8x8
+    # latents, as the quality model's 128 patches (smaller ones leave its rates astray on whole
+    # images: README, "Shipped models"); batch 2 keeps the pixels per step of 8 x 256. The
+    # crops come at random from whole photos of at least 512 pixels (80 of the 148).
     "ship": dict(filters=[48, 48, 64, 64], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=128,
                  batchsize=8, steps=25000, learning_rate=5e-4,
                  spatial_filters=[48, 48, 48], spatial_lmbdas=[400.0, 300.0, 200.0],
-                 spatial_patchsize=320, spatial_batchsize=5, spatial_steps=25000,
-                 tfrecord_patchsize=320, tfrecord_examples="whole_images",
+                 spatial_patchsize=512, spatial_batchsize=2, spatial_steps=25000,
+                 tfrecord_patchsize=512, tfrecord_examples="whole_images",
                  lr_schedule="decay"),
     # The paper's sizes (ARCHITECTURE.md): GPU protocol, flags only.
     "gpu": dict(filters=[96, 120, 144, 196], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=256,

@@ -27,9 +27,6 @@ class HyperpriorEntropyModel(EntropyModel):
     """Hyperprior model (Balle et al. 2018): side information z sets a Gaussian scale per element."""
 
     num_strings = 2
-    # The side latent is 1/SIDE_DOWNSAMPLING of the latent per side (the two "down"
-    # convolutions of hyper_analysis).
-    SIDE_DOWNSAMPLING = 4
     NUM_SCALES = 64
     SCALE_MIN = 0.11
     SCALE_MAX = 256.0
