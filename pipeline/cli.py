@@ -266,8 +266,8 @@ def load_codec(args, mode):
 
 # The smallest latent side (at training) of a layer whose rates were measured to stay
 # calibrated on whole photos: 8 (patches of 128 in quality mode; the shipped quality model is
-# within 0.4 % on 1024x768 photos). Base layers trained on 4x4 and 5x5 latents were 40-60 %
-# off on whole Kodak images (README, "Shipped models").
+# within 0.4 % on 1024x768 photos). Spatial base layers trained on 4x4 and 5x5 latents were
+# 41 % and 62 % off on whole Kodak images (README, "Shipped models").
 CALIBRATED_LATENT_SIDE = 8
 
 
