@@ -9,8 +9,7 @@ top-left), every image is coded with `compress_layers` (spatial models: its Lanc
 as eval_spatial.py) and the likelihood-estimated bits of every layer are summed against the
 bits of its range-coded strings (payload only, no stream header). A ratio near 1 at the
 training patch size but not on larger images points at a model that learned the borders of
-its training patches: a hyperprior whose side latent was 1x1 in training (see
-pipeline.cli.small_patch_note).
+its training patches: latents too small in training (see pipeline.cli.small_patch_note).
 """
 from __future__ import annotations
 

@@ -169,4 +169,3 @@ def test_hyperprior_side_information_has_its_own_string(coders):
     # 32x32 latent -> side latent downsampled by 4.
     np.testing.assert_array_equal(shapes[1].numpy(), [8, 8])
     assert all(len(s) > 0 for s in strings[1].numpy())
-

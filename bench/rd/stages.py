@@ -138,8 +138,12 @@ class Protocol:
             self.train("train_quality.py", self.ckpt(f"single_{k + 1}"), "--train_glob",
                        self.train_glob(), [f], [l], a.patchsize, a.batchsize, a.single_steps)
 
+    def whole_images(self):
+        """Whether the spatial examples are whole photos (create_tfrecords.py --whole_images)."""
+        return self.args.tfrecord_examples == "whole_images"
+
     def tfrecord_path(self):
-        whole = "whole_" if self.args.tfrecord_examples == "whole_images" else ""
+        whole = "whole_" if self.whole_images() else ""
         return os.path.join(self.work, "data",
                             f"train_{whole}{self.args.tfrecord_patchsize}.tfrecords")
 
@@ -152,7 +156,7 @@ class Protocol:
         tmp = path + ".partial"
         self.run([self.py, "create_tfrecords.py", "--input_image", self.train_glob(),
                   "--patchsize", str(self.args.tfrecord_patchsize), "--train_tfrecords", tmp]
-                 + (["--whole_images"] if self.args.tfrecord_examples == "whole_images" else []))
+                 + (["--whole_images"] if self.whole_images() else []))
         os.replace(tmp, path)
 
     def stage_train_spatial(self):
