@@ -6,7 +6,7 @@ Every function returns a list of per-point dicts
     {"bpp": file bytes * 8 / pixels, "psnr": dB, "ms_ssim": raw value or None, "bytes": int, ...}
 
 (``ms_ssim`` is None for images under ``pipeline.metrics.MS_SSIM_MIN_SIDE`` pixels a side or
-when called with ``ms_ssim=False``; MS-SSIM runs through TensorFlow and is the slow part.)
+when called with ``ms_ssim=False``; MS-SSIM is the slow part.)
 
 computed from the decoded 8-bit RGB pixels with ``pipeline.metrics`` (the same metric code as the
 evaluation scripts).  Rates are always real byte counts of a file that decodes to exactly the
@@ -76,13 +76,11 @@ def _point(ref: np.ndarray, dec: np.ndarray, num_bytes: int, with_ms_ssim: bool 
     """One RD point from reference and decoded uint8 RGB pixels and a real byte count.
 
     ``ms_ssim`` is None when ``with_ms_ssim`` is False or the image is smaller than
-    ``metrics.MS_SSIM_MIN_SIDE`` (checked here so that small images never import TensorFlow)."""
+    ``metrics.MS_SSIM_MIN_SIDE``."""
     if dec.shape != ref.shape:
         raise ValueError(f"decoded shape {dec.shape} != reference shape {ref.shape}")
     num_pixels = ref.shape[0] * ref.shape[1]
-    ms = None
-    if with_ms_ssim and min(ref.shape[:2]) >= metrics.MS_SSIM_MIN_SIDE:
-        ms = metrics.ms_ssim(ref, dec)
+    ms = metrics.ms_ssim(ref, dec) if with_ms_ssim else None
     point = {
         "bpp": float(metrics.bpp(num_bytes, num_pixels)),
         "psnr": float(metrics.psnr(ref, dec)),

@@ -14,8 +14,8 @@ kodim01 when present, else scikit-image's astronaut) upscaled to each size.
 - at the first size (2 MP): the tiled/whole time ratio (encode with reconstructions, and
   decode), whole (tile 0) and tiled alternating in one process, median of --runs;
 - MS-SSIM of the four layers of a 12 MP evaluation, and of one layer: pipeline/metrics.ms_ssim
-  against eager tf.image.ssim_multiscale (what metrics.py did before), alternating, and the
-  values of both and of a float64 run.
+  (compiled with Numba, pipeline/ms_ssim.py) against eager tf.image.ssim_multiscale (what
+  metrics.py did at first), alternating, and the values of both and of a float64 run.
 
 Writes JSON after each part (a later failure keeps what was measured).
 """
