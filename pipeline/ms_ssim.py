@@ -8,10 +8,11 @@ mean SSIM at the last scale), raised to the power factors; then the mean over ch
 How it runs: each scale streams down the image in fixed bands of output rows, shared out to a
 few threads. A band keeps a ring of the last 11 rows of the four maps the filter needs (x, y,
 x*y and x^2 + y^2, laid out along each row as interleaved RGB), filters them down the
-columns, then along the row, and adds the terms of the row into column accumulators (float32,
-at most `BAND_ROWS` terms each); the bands' sums are added in float64, in order, so the
-result does not depend on the number of threads. Working memory is a few rows per thread, and
-the full-size scale is read straight from the uint8 images.
+columns, then along the row, and adds the terms of the row into column accumulators (at most
+`BAND_ROWS` terms each); the bands' sums are added in float64, in order, so the result does
+not depend on the number of threads. Working memory is a few rows per thread, and the
+full-size scale is read straight from the uint8 images. The full-size scale runs in float32,
+the smaller ones in float64 (see ms_ssim).
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
