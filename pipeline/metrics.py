@@ -3,8 +3,9 @@ import math
 
 import numpy as np
 
-from pipeline.ms_ssim import FILTER_SIZE as MS_SSIM_FILTER_SIZE  # noqa: F401 (re-exported)
-from pipeline.ms_ssim import MIN_SIDE as MS_SSIM_MIN_SIDE
+# The MS-SSIM bounds, re-exported for the callers of metrics.ms_ssim.
+from pipeline.ms_ssim import FILTER_SIZE as MS_SSIM_FILTER_SIZE  # noqa: F401
+from pipeline.ms_ssim import MIN_SIDE as MS_SSIM_MIN_SIDE  # noqa: F401
 from pipeline.ms_ssim import ms_ssim as _ms_ssim
 
 
