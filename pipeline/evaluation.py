@@ -22,10 +22,12 @@ from pipeline.locking import LOCK_NAME
 
 RESULTS_NAME = "results.json"
 # Per layer k (README, "Differences from the released code", maps them to the authors' names):
-# eval_bpp / actual_bpp: estimated / real bits of layers 0..k over layer k's pixels; bytes and
-# layer_bpp: layer k's own stream; summed_eval_bpp (spatial): the sum over layers 0..k of each
-# layer's estimated bits over its own pixels, the authors' spatial eval_bpp.
-FIELDS = ("eval_bpp", "actual_bpp", "bytes", "layer_bpp", "psnr", "ms_ssim")
+# eval_bpp / actual_bpp: estimated / real bits of layers 0..k over layer k's pixels;
+# payload_bpp: the same as actual_bpp without the stream headers (the range-coded strings alone,
+# what eval_bpp estimates); bytes and layer_bpp: layer k's own stream; summed_eval_bpp
+# (spatial): the sum over layers 0..k of each layer's estimated bits over its own pixels, the
+# authors' spatial eval_bpp.
+FIELDS = ("eval_bpp", "actual_bpp", "payload_bpp", "bytes", "layer_bpp", "psnr", "ms_ssim")
 SPATIAL_FIELDS = ("height", "width", "summed_eval_bpp")
 AVERAGED_FIELDS = FIELDS + ("summed_eval_bpp",)  # sizes differ between images: not averaged
 
@@ -34,20 +36,23 @@ def _finite_or_none(value):
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def measure(codec, levels, encoded, reconstructions):
+def measure(codec, levels, encoded, payload_sizes, reconstructions):
     """Per-layer results (FIELDS): rates of layers 0..k over the pixels of layer k's image,
-    layer k's own rate, quality. reconstructions: any iterable of the decoded images (read
-    one at a time when it is a generator)."""
+    layer k's own rate, quality. payload_sizes: per layer, the bytes of its range-coded
+    strings; reconstructions: any iterable of the decoded images (read one at a time when it
+    is a generator)."""
     spatial = codec.config.mode == "spatial"
-    layers, total_bytes, total_bits, summed_bpp = [], 0, 0.0, 0.0
-    for name, level, (size, bits, _), decoded in zip(
-            codec.config.layer_names, levels, encoded, reconstructions):
+    layers, total_bytes, total_payload, total_bits, summed_bpp = [], 0, 0, 0.0, 0.0
+    for name, level, (size, bits, _), payload, decoded in zip(
+            codec.config.layer_names, levels, encoded, payload_sizes, reconstructions):
         pixels = level.shape[0] * level.shape[1]
         total_bytes += size
+        total_payload += payload
         total_bits += bits
         summed_bpp += bits / pixels
         entry = dict(name=name, eval_bpp=total_bits / pixels,
-                     actual_bpp=metrics.bpp(total_bytes, pixels), bytes=size,
+                     actual_bpp=metrics.bpp(total_bytes, pixels),
+                     payload_bpp=metrics.bpp(total_payload, pixels), bytes=size,
                      layer_bpp=metrics.bpp(size, pixels),
                      psnr=_finite_or_none(metrics.psnr(level, decoded)),
                      ms_ssim=_finite_or_none(metrics.ms_ssim(level, decoded)))
@@ -81,7 +86,8 @@ def average_layers(images):
 
 def format_table(layers):
     """The per-layer table printed on the console."""
-    header = (f"  {'layer':<6}{'eval_bpp':>10}{'actual_bpp':>12}{'bytes':>9}{'layer_bpp':>11}"
+    header = (f"  {'layer':<6}{'eval_bpp':>10}{'actual_bpp':>12}{'payload_bpp':>13}{'bytes':>9}"
+              f"{'layer_bpp':>11}"
               f"{'psnr':>8}{'ms_ssim':>9}")
     if layers and "summed_eval_bpp" in layers[0]:
         header += f"{'summed_eval_bpp':>17}"
@@ -92,7 +98,7 @@ def format_table(layers):
         psnr = "inf" if entry["psnr"] is None else f"{entry['psnr']:.2f}"
         ms_ssim = "n/a" if entry["ms_ssim"] is None else f"{entry['ms_ssim']:.4f}"
         line = (f"  {entry['name']:<6}{entry['eval_bpp']:>10.4f}{entry['actual_bpp']:>12.4f}"
-                f"{entry['bytes']:>9.0f}{entry['layer_bpp']:>11.4f}{psnr:>8}{ms_ssim:>9}")
+                f"{entry['payload_bpp']:>13.4f}{entry['bytes']:>9.0f}{entry['layer_bpp']:>11.4f}{psnr:>8}{ms_ssim:>9}")
         if "summed_eval_bpp" in entry:
             line += f"{entry['summed_eval_bpp']:>17.4f}"
         if "height" in entry:
@@ -147,7 +153,8 @@ def evaluate_image(codec, path, levels, folder, num_layers):
                for size, bits, reconstruction in codec.encode_layers(levels, folder)]
     encode_seconds = time.monotonic() - start
     start = time.monotonic()
-    png_paths, _ = codec.decode(folder, num_layers, keep_images=False)
+    streams = codec.check_streams(folder, num_layers)
+    png_paths, _ = codec.decode_streams(folder, streams, keep_images=False)
     decode_seconds = time.monotonic() - start
 
     def decoded_images():
@@ -159,7 +166,9 @@ def evaluate_image(codec, path, levels, folder, num_layers):
             yield decoded
             del decoded
 
-    layers = measure(codec, levels[:num_layers], encoded[:num_layers], decoded_images())
+    payload_sizes = [sum(map(len, stream.strings)) for stream in streams]
+    layers = measure(codec, levels[:num_layers], encoded[:num_layers], payload_sizes,
+                     decoded_images())
     return layers, encode_seconds, decode_seconds
 
 

@@ -134,6 +134,26 @@ def test_aggregate_writes_schema_json_plots_and_bd_table(tmp_path):
     assert rows[0]["bd_rate"] < 0
     assert "Spatial" in table
     json.dumps(made)  # JSON-serialisable
+    # The synthetic eval_bpp is 2 % under actual_bpp for every layer of every model.
+    with open(os.path.join(out, "estimated_bits.json")) as f:
+        estimates = json.load(f)
+    assert [r["model"] for r in estimates].count("Ours-spatial") == 3
+    assert len(estimates) == 4 + 4 + 3
+    assert all(r["file"]["mean"] == pytest.approx(-0.02) for r in estimates)
+    assert all(r["payload"] is None for r in estimates)  # written before payload_bpp
+    assert "| Ours-scalable | B | n/a | -2.00 / -2.00 |" in table
+
+
+def test_estimate_rows_mean_and_worst_against_payload_and_file():
+    images = []
+    for eval_bpp, payload_bpp, actual_bpp in ((0.99, 1.0, 1.1), (1.03, 1.0, 1.1)):
+        images.append(dict(image="x.png", layers=[dict(
+            name="B", eval_bpp=eval_bpp, payload_bpp=payload_bpp, actual_bpp=actual_bpp)]))
+    [row] = report.estimate_rows("m", _results(images))
+    assert row["payload"]["mean"] == pytest.approx(0.01)
+    assert row["payload"]["worst"] == pytest.approx(0.03)  # the largest gap in size
+    assert row["file"]["worst"] == pytest.approx(0.99 / 1.1 - 1)
+    assert "| m | B | +1.00 / +3.00 | -8.18 / -10.00 |" in report.format_estimate_table([row])
 
 
 def test_aggregate_with_partial_results(tmp_path):

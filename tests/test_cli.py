@@ -15,13 +15,21 @@ import pytest
 from PIL import Image
 
 import run_scripts
+from codec import bitstream
 from helpers import describe, finish, run_script_in_process, smooth_image, start_script
 
 SCRIPTS = ["train_quality.py", "train_spatial.py", "eval_quality.py", "eval_spatial.py",
            "create_tfrecords.py"]
 IMAGES = {"big": (333, 517), "dot": (1, 1)}
-LAYER_FIELDS = {"name", "eval_bpp", "actual_bpp", "bytes", "layer_bpp", "psnr", "ms_ssim"}
+LAYER_FIELDS = {"name", "eval_bpp", "actual_bpp", "payload_bpp", "bytes", "layer_bpp", "psnr",
+                "ms_ssim"}
 SPATIAL_FIELDS = LAYER_FIELDS | {"height", "width", "summed_eval_bpp"}
+
+
+def _payload_bytes(path):
+    """Bytes of a stream file's range-coded strings (the file less its header)."""
+    with open(path, "rb") as f:
+        return sum(map(len, bitstream.decode(f.read(), str(path)).strings))
 
 
 def _read_png(path):
@@ -189,6 +197,11 @@ def test_eval_quality_folder_writes_streams_pngs_and_results(evals, inputs):
                         for l in entry["layers"][:k + 1])
             pixels = entry["height"] * entry["width"]
             assert layer["actual_bpp"] == pytest.approx(8 * total / pixels)
+            # payload_bpp: the same without the headers, the range-coded strings alone.
+            payload = sum(_payload_bytes(quality / name / f"stream_{l['name']}.tfci")
+                          for l in entry["layers"][:k + 1])
+            assert 0 < payload < total
+            assert layer["payload_bpp"] == pytest.approx(8 * payload / pixels)
             assert layer["layer_bpp"] == pytest.approx(8 * size / pixels)  # the authors' actual_bpp
             assert layer["eval_bpp"] > 0
             if name == "big":

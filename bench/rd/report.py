@@ -64,6 +64,35 @@ def format_point_table(rows: Sequence[Mapping]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def estimate_rows(name: str, results: Mapping) -> List[Dict]:
+    """Per layer of one eval results document: the estimated rate (eval_bpp) over the real one,
+    minus 1, as mean and worst (largest |.|) over the images, against the range-coded strings
+    (payload_bpp; None in results written before it existed) and against the stream files
+    (actual_bpp, headers included)."""
+    rows = []
+    for k, first in enumerate(results["images"][0]["layers"]):
+        row = dict(model=name, layer=first["name"])
+        for key, field in (("payload", "payload_bpp"), ("file", "actual_bpp")):
+            layers = [image["layers"][k] for image in results["images"]]
+            if any(layer.get(field) is None for layer in layers):
+                row[key] = None
+                continue
+            gaps = [layer["eval_bpp"] / layer[field] - 1 for layer in layers]
+            row[key] = dict(mean=sum(gaps) / len(gaps), worst=max(gaps, key=abs))
+        rows.append(row)
+    return rows
+
+
+def format_estimate_table(rows: Sequence[Mapping]) -> str:
+    def cell(gap):
+        return "n/a" if gap is None else f"{100 * gap['mean']:+.2f} / {100 * gap['worst']:+.2f}"
+    lines = ["| Model | Layer | vs payload: mean / worst (%) | vs file: mean / worst (%) |",
+             "|---|---|---:|---:|"]
+    lines += [f"| {r['model']} | {r['layer']} | {cell(r['payload'])} | {cell(r['file'])} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _doc(name, points, description, scalable, **extra):
     keys = [k for k in ("bytes", "layer", "level", "height", "width") if k in points[0]]
     return results_io.to_results(name, points, description, extra_point_keys=keys,
@@ -201,6 +230,22 @@ def aggregate(out: str, load, num_layers: int, num_levels: int, config: Mapping)
             "(piecewise-linear interpolation in log rate; n/a outside the anchor's range or where the anchor's PSNR is not increasing with rate). "
             "Negative rate diff / positive PSNR diff = the spatial layer is better.\n\n"
             + format_point_table(point_rows))
+    evals = [(name, load(stem)) for name, stem in
+             [("Ours-scalable", "quality")]
+             + [(f"Ours-single-layer {k + 1}", f"single_{k + 1}") for k in range(num_layers)]
+             + [("Ours-spatial", "spatial")]]
+    estimates = [row for name, doc in evals if doc is not None
+                 for row in estimate_rows(name, doc)]
+    if estimates:
+        with open(os.path.join(out, "estimated_bits.json"), "w", encoding="utf-8") as f:
+            json.dump(estimates, f, indent=2)
+            f.write("\n")
+        sections.append(
+            "### Estimated bits: the entropy model's estimate (eval_bpp) against the real rate\n\n"
+            "Per layer, eval_bpp / real bpp - 1, as mean and worst over the images: against "
+            "the range-coded strings (payload_bpp) and against the stream files (actual_bpp, "
+            "which adds each stream's header, about 70 bytes).\n\n"
+            + format_estimate_table(estimates))
     text = ["# Rate-distortion protocol results\n",
             f"Configuration: {json.dumps(dict(config))}\n",
             "BD-rate / BD-PSNR: PyPI `bjontegaard` (1.3.0), Akima interpolation, 4 points per "
