@@ -13,17 +13,19 @@ from pipeline import checkpoints, pretrained
 
 
 @pytest.fixture(scope="module", autouse=True)
-def shipped_eval(tmp_path_factory):
-    """eval_quality.py without --checkpoint_dir, started first so that it overlaps the export
-    and the other evaluations of this module. Yields (process, output folder)."""
+def shipped_evals(tmp_path_factory):
+    """eval_quality.py and eval_spatial.py without --checkpoint_dir, started first so that they
+    overlap the export and the other evaluations of this module. Yields {mode: process}."""
     folder = tmp_path_factory.mktemp("shipped")
     Image.fromarray(smooth_image(40, 40)).save(folder / "photo.png")
-    process = start_script("eval_quality.py", "--input_image", folder / "photo.png",
-                           "--output_folder", folder / "out")
-    yield process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    processes = {mode: start_script(f"eval_{mode}.py", "--input_image", folder / "photo.png",
+                                    "--output_folder", folder / mode)
+                 for mode in ("quality", "spatial")}
+    yield processes
+    for process in processes.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +88,14 @@ def test_eval_codes_with_a_pretrained_folder(exported, tmp_path):
     assert (out / "rec_e1.png").exists()
 
 
-def test_eval_without_checkpoint_dir_uses_the_shipped_model(shipped_eval):
-    result = finish(shipped_eval)
-    if os.path.isdir(pretrained.shipped_model_dir("quality")):
+@pytest.mark.parametrize("mode", ["quality", "spatial"])
+def test_eval_without_checkpoint_dir_uses_the_shipped_model(shipped_evals, mode):
+    result = finish(shipped_evals[mode])
+    if os.path.isdir(pretrained.shipped_model_dir(mode)):
         assert result.returncode == 0, describe(result)
+        assert "payload_bpp" in result.stdout  # the per-layer table
     else:
         assert result.returncode == 1, describe(result)
         assert result.stderr.strip().splitlines() == [
-            f"error: no quality model is shipped in {pretrained.shipped_model_dir('quality')}: "
-            "pass --checkpoint_dir (a directory train_quality.py wrote)"]
+            f"error: no {mode} model is shipped in {pretrained.shipped_model_dir(mode)}: "
+            f"pass --checkpoint_dir (a directory train_{mode}.py wrote)"]

@@ -29,11 +29,13 @@ PROFILES = {
     # Spatial crops of 512 pixels (the paper's) give the base layer 128x128 images: 8x8
     # latents, as the quality model's 128 patches (smaller ones leave its rates astray on whole
     # images: README, "Shipped models"); batch 2 keeps the pixels per step of 8 x 256. The
-    # crops come at random from whole photos of at least 512 pixels (79 of the 148).
+    # crops come at random from whole photos of at least 512 pixels (79 of the 148). The shipped
+    # spatial run stopped at 22000 steps (its rate lowered to 2e-4 after a NaN at step 3791 of
+    # 5e-4, README "Shipped models").
     "ship": dict(filters=[48, 48, 64, 64], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=128,
                  batchsize=8, steps=25000, learning_rate=5e-4,
                  spatial_filters=[48, 48, 48], spatial_lmbdas=[400.0, 300.0, 200.0],
-                 spatial_patchsize=512, spatial_batchsize=2, spatial_steps=25000,
+                 spatial_patchsize=512, spatial_batchsize=2, spatial_steps=22000,
                  tfrecord_patchsize=512, tfrecord_examples="whole_images",
                  lr_schedule="decay"),
     # The paper's sizes (ARCHITECTURE.md): GPU protocol, flags only.
