@@ -179,7 +179,7 @@ def measure_codec(codec, image, runs, warmup, folder):
         path = os.path.join(folder, bitstream.stream_filename(name))
         with open(path, "rb") as f:
             stream = bitstream.decode(f.read(), path)
-        payload = sum(len(s) for s in stream.strings)
+        payload = stream.payload_size
         layers.append(dict(name=name, file_bytes=int(size), payload_bytes=int(payload),
                            header_bytes=header_bytes(size, stream.strings),
                            actual_bits=8 * payload, estimated_bits=float(est_bits),

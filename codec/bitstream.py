@@ -85,6 +85,11 @@ class LayerStream:
     strings: tuple         # bytes payloads (1 for factorized, 2 for hyperprior)
     symbol_crcs: tuple     # per string, symbols_checksum() of the symbols it codes
 
+    @property
+    def payload_size(self):
+        """Bytes of the range-coded strings: the file less its header."""
+        return sum(map(len, self.strings))
+
 
 def digest(obj_bytes):
     """8-byte digest of some bytes: the first 8 bytes of their SHA-256."""

@@ -166,7 +166,7 @@ def evaluate_image(codec, path, levels, folder, num_layers):
             yield decoded
             del decoded
 
-    payload_sizes = [sum(map(len, stream.strings)) for stream in streams]
+    payload_sizes = [stream.payload_size for stream in streams]
     layers = measure(codec, levels[:num_layers], encoded[:num_layers], payload_sizes,
                      decoded_images())
     return layers, encode_seconds, decode_seconds

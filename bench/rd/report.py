@@ -72,8 +72,8 @@ def estimate_rows(name: str, results: Mapping) -> List[Dict]:
     rows = []
     for k, first in enumerate(results["images"][0]["layers"]):
         row = dict(model=name, layer=first["name"])
+        layers = [image["layers"][k] for image in results["images"]]
         for key, field in (("payload", "payload_bpp"), ("file", "actual_bpp")):
-            layers = [image["layers"][k] for image in results["images"]]
             if any(layer.get(field) is None for layer in layers):
                 row[key] = None
                 continue
