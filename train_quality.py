@@ -23,6 +23,7 @@ def parse_args(argv):
     parser.add_argument("--batchsize", type=int, default=8, help="Patches per batch.")
     parser.add_argument("--patchsize", type=int, default=256, help="Side of the random crops.")
     cli.add_training_flags(parser)
+    cli.add_downscale_flags(parser)
     return parser.parse_args(argv[1:])
 
 
@@ -32,7 +33,8 @@ def main(args):
     cli.check_training_flags(args)
     files = data.training_images(args.train_glob, args.patchsize)
     cli.train_from_flags(args, config, lambda seed: data.patch_dataset(
-        files, args.patchsize, args.batchsize, args.preprocess_threads, seed=seed))
+        files, args.patchsize, args.batchsize, args.preprocess_threads, seed=seed,
+        downscale=args.downscale, downscale_sources=args.downscale_sources))
 
 
 if __name__ == "__main__":

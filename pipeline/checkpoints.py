@@ -151,6 +151,19 @@ def restore_trained_model(directory, mode, **requested):
     return model
 
 
+def initialize_weights(model, directory):
+    """Assign the trained weights of `directory` (a pretrained folder or a training run) to
+    `model`, whose configuration must be the saved one: the start of a fine-tune."""
+    saved = ModelConfig.load(directory)
+    if saved.to_json() != model.config.to_json():
+        raise ConfigError(f"--init_from '{directory}' holds another model ({saved.mode}, "
+                          f"filters {saved.filters}, lambdas {saved.lmbdas}): give the flags "
+                          "of that model or another --init_from", ["init_from"])
+    source = restore_trained_model(directory, saved.mode)
+    for target, value in zip(model.weights, source.weights):
+        target.assign(value)
+
+
 def load_trained_model(directory, mode, **requested):
     """`restore_trained_model`, then prepared for coding with the directory's coding tables
     (built and stored there on first use)."""

@@ -125,6 +125,15 @@ def add_training_flags(parser):
                              "of --last_step.")
     parser.add_argument("--decay_factor", type=float, default=0.1,
                         help="With --lr_schedule decay: the rate's factor after the decay.")
+    parser.add_argument("--init_from", default=None,
+                        help="Start a new run from the weights of this trained model (a "
+                             "pretrained folder or a training run of the same configuration) "
+                             "instead of random ones; ignored when --checkpoint_dir already "
+                             "has a checkpoint to resume. The optimizer starts afresh.")
+    parser.add_argument("--init_step", type=int, default=0,
+                        help="With --init_from: the step the new run counts from (e.g. the "
+                             "steps the initial model was trained for), so --last_step and "
+                             "the schedule continue that run's count.")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="Dtype of the training convolutions (weights, GDN, entropy models "
                              "and loss stay float32; checkpoints are the same). bfloat16 pays "
@@ -163,6 +172,17 @@ def add_training_flags(parser):
     _add_break_lock_flag(parser, "--checkpoint_dir")
 
 
+def add_downscale_flags(parser):
+    """--downscale and --downscale_sources: random antialiased downscaling before the crop."""
+    parser.add_argument("--downscale", type=_float_list, default=None,
+                        help="LOW,HIGH: downscale each training image by a factor drawn in "
+                             "[LOW, HIGH] on every visit, before the crop (e.g. 0.5,1.0); "
+                             "softens JPEG blocking, ringing and sensor noise.")
+    parser.add_argument("--downscale_sources", choices=("jpeg", "all"), default="jpeg",
+                        help="With --downscale: which images it applies to (by content, not "
+                             "name: jpeg = JPEG files only).")
+
+
 def _add_break_lock_flag(parser, flag):
     parser.add_argument("--break_lock", action="store_true",
                         help=f"Take over the lock of {flag} even if another host holds it "
@@ -177,6 +197,15 @@ def check_training_flags(args):
     if args.patchsize % DOWNSAMPLING:
         raise ConfigError(f"--patchsize {args.patchsize} must be a multiple of {DOWNSAMPLING} "
                           f"(the analysis transform downsamples by {DOWNSAMPLING})")
+    downscale = getattr(args, "downscale", None)
+    if downscale is not None and (len(downscale) != 2 or not 0 < downscale[0] <= downscale[1] <= 1):
+        raise ConfigError(f"--downscale {','.join(map(str, downscale))} must be LOW,HIGH "
+                          "with 0 < LOW <= HIGH <= 1 (e.g. 0.5,1.0)")
+    if args.init_step < 0 or (args.init_step and not args.init_from):
+        raise ConfigError("--init_step must be non-negative and goes with --init_from")
+    if args.init_from is not None and not os.path.isdir(args.init_from):
+        raise ConfigError(f"--init_from '{args.init_from}' is not a directory: give a "
+                          "pretrained folder or a training run")
     if args.learning_rate <= 0 or args.checkpoint_secs < 0:
         raise ConfigError("--learning_rate must be positive and --checkpoint_secs non-negative")
     if not 0 <= args.decay_start_fraction <= 1 or args.decay_factor <= 0:
@@ -313,7 +342,8 @@ def train_from_flags(args, config, make_dataset):
                            learning_rate=schedule, checkpoint_secs=args.checkpoint_secs,
                            log_every=args.log_every, precision=args.precision,
                            strategy=args.distribution, chief=chief,
-                           integer_hyper_synthesis=args.integer_hyper_synthesis)
+                           integer_hyper_synthesis=args.integer_hyper_synthesis,
+                           init_from=args.init_from, init_step=args.init_step)
         except training.Interrupted as stop:
             print(stop, flush=True)
             raise SystemExit(EXIT_INTERRUPTED)

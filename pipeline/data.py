@@ -73,10 +73,14 @@ def _names(paths, limit=3):
 
 
 def _expand(pattern):
-    """Sorted files matching a glob; a folder means all files in it."""
-    if os.path.isdir(pattern):
-        pattern = os.path.join(pattern, "*")
-    return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+    """Sorted files matching a glob, or several separated by commas; a folder means all
+    files in it."""
+    files = set()
+    for part in pattern.split(","):
+        if os.path.isdir(part):
+            part = os.path.join(part, "*")
+        files.update(p for p in glob.glob(part) if os.path.isfile(p))
+    return sorted(files)
 
 
 # ----------------------------------------------------------------------------
@@ -160,12 +164,40 @@ def _decode_crop(path, seed, patchsize):
                                           seed=seed)
 
 
+def _decode_downscaled_crop(path, rescale, seed, patchsize, downscale):
+    """A patch of the image downscaled by a factor drawn in `downscale` (low, high): a random
+    square of side patchsize / factor, resized to the patch with an antialiasing bicubic
+    filter (the same pixels as downscaling the whole image, then cropping). The factor is
+    raised where the image is too small for it; `rescale` False keeps the image as it is."""
+    image = tf.io.decode_image(
+        tf.io.read_file(path), channels=3, expand_animations=False,
+        dtype=tf.uint8)
+    factor_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    factor = tf.random.stateless_uniform([], factor_seed, downscale[0], downscale[1])
+    shortest = tf.reduce_min(tf.shape(image)[:2])
+    side = tf.cast(tf.round(patchsize / factor), tf.int32)
+    side = tf.where(rescale, tf.clip_by_value(side, patchsize, shortest), patchsize)
+    region = tf.image.stateless_random_crop(image, tf.stack([side, side, 3]), seed=crop_seed)
+    resized = tf.image.resize(tf.cast(region, tf.float32), (patchsize, patchsize),
+                              method="bicubic", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def is_jpeg(path):
+    """Whether the file at `path` is a JPEG (by its first bytes)."""
+    with open(path, "rb") as f:
+        return f.read(3) == b"\xff\xd8\xff"
+
+
+DOWNSCALE_SOURCES = ("jpeg", "all")
+
+
 def _to_float(images):
     return tf.cast(images, tf.float32) / 255.
 
 
 def patch_dataset(files, patchsize, batchsize, preprocess_threads=16,
-                  seed=None):
+                  seed=None, downscale=None, downscale_sources="jpeg"):
     """Endless dataset of random patches from `files`.
 
     The file names (not decoded images) are shuffled with a buffer holding all
@@ -179,6 +211,10 @@ def patch_dataset(files, patchsize, batchsize, preprocess_threads=16,
       batchsize: patches per batch (incomplete batches are dropped).
       preprocess_threads: parallel decode calls.
       seed: optional int for a reproducible order and crops.
+      downscale: optional (low, high): before the crop, downscale the image by a factor
+        drawn uniformly in [low, high] on every visit (antialiased), as Balle et al. do to
+        remove the compression artifacts and noise of web photos.
+      downscale_sources: "jpeg" (only JPEG files are downscaled) or "all".
 
     Returns:
       A `tf.data.Dataset` of float32 [batchsize, patchsize, patchsize, 3]
@@ -188,15 +224,28 @@ def patch_dataset(files, patchsize, batchsize, preprocess_threads=16,
     if not files:
         raise DataError("no training images given")
     patchsize = int(patchsize)
-    names = tf.data.Dataset.from_tensor_slices(files)
+    if downscale is None:
+        names = tf.data.Dataset.from_tensor_slices(files)
+    else:
+        low, high = (float(v) for v in downscale)
+        if not 0 < low <= high <= 1:
+            raise DataError(f"downscale factors {low},{high} must satisfy "
+                            "0 < low <= high <= 1", ["downscale"])
+        if downscale_sources not in DOWNSCALE_SOURCES:
+            raise DataError(f"downscale_sources {downscale_sources!r} is not one of "
+                            f"{', '.join(DOWNSCALE_SOURCES)}", ["downscale_sources"])
+        rescale = [downscale_sources == "all" or is_jpeg(f) for f in files]
+        names = tf.data.Dataset.from_tensor_slices((files, rescale))
     names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     names = names.repeat()
     # Two int64 seeds per element for the stateless crop.
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     dataset = tf.data.Dataset.zip((names, seeds))
-    dataset = dataset.map(
-        lambda path, s: _decode_crop(path, s, patchsize),
-        num_parallel_calls=preprocess_threads)
+    if downscale is None:
+        crop = lambda path, s: _decode_crop(path, s, patchsize)
+    else:
+        crop = lambda named, s: _decode_downscaled_crop(*named, s, patchsize, (low, high))
+    dataset = dataset.map(crop, num_parallel_calls=preprocess_threads)
     dataset = dataset.batch(batchsize, drop_remainder=True)
     dataset = dataset.map(_to_float)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -17,7 +17,7 @@ import time
 
 import tensorflow as tf
 
-from pipeline.checkpoints import CheckpointManager, latest_checkpoint
+from pipeline.checkpoints import CheckpointManager, initialize_weights, latest_checkpoint
 from pipeline.metrics import psnr_from_mse
 from pipeline.schedule import StepSchedule
 from models.config import CONFIG_NAME, ConfigError, ModelConfig, SettingsError
@@ -171,7 +171,8 @@ def _duration(seconds):
 
 def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
           checkpoint_secs=300, log_every=100, make_step=tf.function, precision="float32",
-          strategy=None, chief=True, integer_hyper_synthesis=False):
+          strategy=None, chief=True, integer_hyper_synthesis=False, init_from=None,
+          init_step=0):
     """Train `config`'s model on `dataset` (endless batches) up to step `last_step`.
 
     learning_rate: a number (constant) or a schedule.StepSchedule; either way the rate of a
@@ -185,6 +186,9 @@ def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
     seed_offset -> dataset of global batches (reseeded from the step on resume); only the
     `chief` writes to `checkpoint_dir`, the other workers to a temporary directory.
 
+    init_from: a trained model's directory whose weights start a new run (not a resume),
+    counting steps from `init_step`.
+
     Returns the final step. Raises TrainingError on a non-finite loss, Interrupted after
     saving on SIGINT/SIGTERM, ConfigError when `checkpoint_dir` holds another model.
     """
@@ -192,12 +196,12 @@ def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
         write_dir = stack.enter_context(distribute.WriteDir(checkpoint_dir, chief))
         return _train(config, dataset, checkpoint_dir, write_dir.path, last_step, learning_rate,
                       checkpoint_secs, log_every, make_step, precision, strategy, chief,
-                      integer_hyper_synthesis)
+                      integer_hyper_synthesis, init_from, init_step)
 
 
 def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
            checkpoint_secs, log_every, make_step, precision, strategy, chief,
-           integer_hyper_synthesis=False):
+           integer_hyper_synthesis=False, init_from=None, init_step=0):
     check_checkpoint_dir(checkpoint_dir, config)
     schedule = (learning_rate if isinstance(learning_rate, StepSchedule)
                 else StepSchedule(learning_rate))
@@ -219,6 +223,10 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
     if latest:
         _restore(checkpoint, state, latest)
         print(f"resuming from step {int(optimizer.iterations.numpy())}", flush=True)
+    elif init_from:
+        initialize_weights(model, init_from)
+        optimizer.iterations.assign(init_step)
+        print(f"starting from the weights of {init_from} at step {init_step}", flush=True)
     manager = CheckpointManager(checkpoint, write_dir, MAX_CHECKPOINTS,
                                          step_counter=optimizer.iterations)
     step = int(optimizer.iterations.numpy())
