@@ -27,6 +27,7 @@ def parse_args(argv):
                         help="Full-resolution side of the aligned random crops (the half and "
                              "quarter crops are 1/2 and 1/4 of it).")
     cli.add_training_flags(parser)
+    cli.add_downscale_flags(parser, sources=False)
     return parser.parse_args(argv[1:])
 
 
@@ -45,7 +46,8 @@ def main(args):
 
     def make_dataset(seed):
         dataset = data.pyramid_dataset(files, args.batchsize, args.patchsize, seed=seed,
-                                       preprocess_threads=args.preprocess_threads)
+                                       preprocess_threads=args.preprocess_threads,
+                                       downscale=args.downscale)
         if config.num_layers < 3:  # (quarter, half, full) -> the top num_layers levels
             dataset = dataset.map(lambda *levels: levels[3 - config.num_layers:])
         return dataset

@@ -172,12 +172,16 @@ def add_training_flags(parser):
     _add_break_lock_flag(parser, "--checkpoint_dir")
 
 
-def add_downscale_flags(parser):
-    """--downscale and --downscale_sources: random antialiased downscaling before the crop."""
+def add_downscale_flags(parser, sources=True):
+    """--downscale (and --downscale_sources): random antialiased downscaling before the crop."""
     parser.add_argument("--downscale", type=_float_list, default=None,
                         help="LOW,HIGH: downscale each training image by a factor drawn in "
                              "[LOW, HIGH] on every visit, before the crop (e.g. 0.5,1.0); "
-                             "softens JPEG blocking, ringing and sensor noise.")
+                             "softens JPEG blocking, ringing and sensor noise."
+                             + ("" if sources else " Applies to every example (each level "
+                                "of the pyramid by the same factor)."))
+    if not sources:
+        return
     parser.add_argument("--downscale_sources", choices=("jpeg", "all"), default="jpeg",
                         help="With --downscale: which images it applies to (by content, not "
                              "name: jpeg = JPEG files only).")

@@ -497,8 +497,34 @@ def _aligned_crop(quarter, half, full, seed, patchsize):
     return quarter, half, full
 
 
+def _aligned_downscaled_crop(quarter, half, full, seed, patchsize, downscale):
+    """`_aligned_crop` of the pyramid downscaled by a factor drawn in `downscale`: aligned
+    squares of side patchsize / factor (full), / 2 and / 4, each resized to its patch side
+    with an antialiasing bicubic filter (raised to fit the image where it is too small)."""
+    factor_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    factor = tf.random.stateless_uniform([], factor_seed, downscale[0], downscale[1])
+    shortest = tf.reduce_min(tf.shape(full)[:2])
+    side = 4 * tf.cast(tf.round(patchsize / factor / 4), tf.int32)
+    side = tf.clip_by_value(side, patchsize, shortest // 4 * 4)
+    seeds = tf.random.experimental.stateless_split(crop_seed, 2)
+    shape = tf.shape(full)
+    def offset(size, s):
+        steps = (size - side) // 4 + 1
+        return 4 * tf.random.stateless_uniform([], seed=s, minval=0, maxval=steps,
+                                               dtype=tf.int32)
+    oy, ox = offset(shape[0], seeds[0]), offset(shape[1], seeds[1])
+    def resized(image, div):
+        region = image[oy // div:(oy + side) // div, ox // div:(ox + side) // div]
+        out = tf.image.resize(tf.cast(region, tf.float32), (patchsize // div, patchsize // div),
+                              method="bicubic", antialias=True)
+        out = tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+        out.set_shape([patchsize // div, patchsize // div, 3])
+        return out
+    return resized(quarter, 4), resized(half, 2), resized(full, 1)
+
+
 def pyramid_dataset(files, batchsize, patchsize=None, seed=None,
-                    shuffle_buffer=64, preprocess_threads=8):
+                    shuffle_buffer=64, preprocess_threads=8, downscale=None):
     """Endless dataset of (quarter, half, full) float32 [0, 1] batches.
 
     Args:
@@ -511,6 +537,9 @@ def pyramid_dataset(files, batchsize, patchsize=None, seed=None,
         dropped. Without patchsize whole examples are batched, so all must have
         the same size (or use batchsize 1).
       seed: optional int for a reproducible order and crops.
+      downscale: optional (low, high), with patchsize: downscale every example by a factor
+        drawn in [low, high] on every visit before the crop (each level by the same factor,
+        antialiased, so the levels stay a pyramid).
       shuffle_buffer: number of (cropped) examples in the shuffle buffer; its
         content is part of a saved iterator checkpoint.
       preprocess_threads: parallel parse/crop calls.
@@ -521,6 +550,8 @@ def pyramid_dataset(files, batchsize, patchsize=None, seed=None,
     files = [os.fspath(f) for f in files]
     if not files:
         raise DataError("no TFRecord files given")
+    if downscale is not None and patchsize is None:
+        raise DataError("downscaling spatial examples needs a patchsize", ["downscale"])
     if patchsize is not None:
         patchsize = int(patchsize)
         if patchsize <= 0 or patchsize % 4:
@@ -539,9 +570,12 @@ def pyramid_dataset(files, batchsize, patchsize=None, seed=None,
                                            tf.shape(f)[1] >= p))
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         dataset = tf.data.Dataset.zip((dataset, seeds))
-        dataset = dataset.map(
-            lambda images, s: _aligned_crop(*images, s, p),
-            num_parallel_calls=preprocess_threads)
+        if downscale is None:
+            crop = lambda images, s: _aligned_crop(*images, s, p)
+        else:
+            low, high = (float(v) for v in downscale)
+            crop = lambda images, s: _aligned_downscaled_crop(*images, s, p, (low, high))
+        dataset = dataset.map(crop, num_parallel_calls=preprocess_threads)
     dataset = dataset.shuffle(shuffle_buffer, seed=seed,
                               reshuffle_each_iteration=True)
     dataset = dataset.batch(batchsize, drop_remainder=True)
