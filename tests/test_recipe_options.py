@@ -162,7 +162,8 @@ def test_recipe_commands_differ_from_the_baseline_in_their_flags_only():
     assert patch[patch.index("--batchsize") + 1] == "2" and patch.count("--patchsize") == 1
     assert extra[extra.index("--train_glob") + 1] == "t/*,x/*"
     assert extra[extra.index("--downscale") + 1] == "0.5,1.0"
-    assert set(patch) ^ set(base) == {"256", "2", "128", "8"} and len(patch) == len(base)
+    assert set(patch) ^ set(base) == {"256", "2", "128", "8", "runs/recipe/base",
+                                      "runs/recipe/patch256"} and len(patch) == len(base)
 
 
 def test_recipe_report_compares_curves_against_the_baseline_and_jpeg2000(tmp_path):
