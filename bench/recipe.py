@@ -73,7 +73,8 @@ def train_command(args, recipe):
             "--checkpoint_secs", "600", "--log_every", "100"]
 
 
-def _run(command, log_path):
+def run_logged(command, log_path):
+    """Run a repository script with this Python, its output appended to `log_path`."""
     log(" ".join(shlex.quote(c) for c in command))
     with open(log_path, "a") as f:
         subprocess.run([sys.executable, *command], cwd=REPO, check=True, stdout=f,
@@ -91,7 +92,7 @@ def _sets(args):
 def stage_train(args):
     os.makedirs(args.runs, exist_ok=True)
     for recipe in args.recipes:
-        _run(train_command(args, recipe), os.path.join(args.runs, f"{recipe}.log"))
+        run_logged(train_command(args, recipe), os.path.join(args.runs, f"{recipe}.log"))
 
 
 def stage_eval(args):
@@ -102,11 +103,11 @@ def stage_eval(args):
             out = _eval_dir(args, name, image_set)
             if os.path.exists(os.path.join(out, "results.json")):
                 continue
-            _run(["eval_quality.py", "--input_image", folder, "--checkpoint_dir", model,
+            run_logged(["eval_quality.py", "--input_image", folder, "--checkpoint_dir", model,
                   "--output_folder", out], os.path.join(args.runs, "eval.log"))
 
 
-def _mean_curve(results):
+def mean_curve(results):
     """Per layer: mean actual bpp and PSNR over the images of an eval results.json."""
     from bench.rd.points import layer_points
     per_image = layer_points(results)
@@ -116,18 +117,18 @@ def _mean_curve(results):
             for k in range(layers)]
 
 
-def j2k_curve(folder):
-    """JPEG 2000 single layer at J2K_BPPS, mean bpp and PSNR over the images of `folder`."""
+def j2k_curve(images):
+    """JPEG 2000 single layer at J2K_BPPS, mean bpp and PSNR over `images` (arrays)."""
     from bench import anchors
-    from codec.image import list_images, read_image
-    per_image = [anchors.jpeg2000_single_sweep(read_image(path), J2K_BPPS, ms_ssim=False)
-                 for path in list_images(folder)]
+    per_image = [anchors.jpeg2000_single_sweep(image, J2K_BPPS, ms_ssim=False)
+                 for image in images]
     return [dict(bpp=sum(p[i]["bpp"] for p in per_image) / len(per_image),
                  psnr=sum(p[i]["psnr"] for p in per_image) / len(per_image))
             for i in range(len(J2K_BPPS))]
 
 
-def _bd(anchor, test):
+def bd_against(anchor, test):
+    """BD-rate (%) and BD-PSNR (dB) of the curve `test` against `anchor`."""
     from bench import bd
     rate = bd.bd_rate([p["bpp"] for p in anchor], [p["psnr"] for p in anchor],
                       [p["bpp"] for p in test], [p["psnr"] for p in test])
@@ -146,17 +147,18 @@ def stage_report(args):
                       for r in args.recipes})
     for image_set, folder in _sets(args).items():
         log(f"JPEG 2000 sweep on {image_set}")
-        anchor = j2k_curve(folder)
+        from codec.image import list_images, read_image
+        anchor = j2k_curve([read_image(path) for path in list_images(folder)])
         curves = {}
         for name in names:
             with open(os.path.join(_eval_dir(args, name, image_set), "results.json")) as f:
-                curves[name] = _mean_curve(json.load(f))
+                curves[name] = mean_curve(json.load(f))
         report["sets"][image_set] = dict(
             images=len(json.load(open(os.path.join(
                 _eval_dir(args, baseline, image_set), "results.json")))["images"]),
             jpeg2000=anchor, curves=curves,
-            vs_baseline={n: _bd(curves[baseline], curves[n]) for n in names if n != baseline},
-            vs_jpeg2000={n: _bd(anchor, curves[n]) for n in names})
+            vs_baseline={n: bd_against(curves[baseline], curves[n]) for n in names if n != baseline},
+            vs_jpeg2000={n: bd_against(anchor, curves[n]) for n in names})
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "recipes.json"), "w") as f:
         json.dump(report, f, indent=1)
@@ -165,7 +167,7 @@ def stage_report(args):
     print(format_report(report))
 
 
-def _signed(value, digits, unit=""):
+def signed(value, digits, unit=""):
     return "n/a" if value is None else f"{value:+.{digits}f}{unit}"
 
 
@@ -188,10 +190,10 @@ def format_report(report):
                 f"| {name}{' (baseline)' if name == report['baseline'] else ''} | "
                 + " / ".join(f"{p['bpp']:.3f}" for p in curve) + " | "
                 + " / ".join(f"{p['psnr']:.2f}" for p in curve) + " | "
-                + (f"{_signed(base['bd_rate_percent'], 1, ' %')} | "
-                   f"{_signed(base['bd_psnr_db'], 2, ' dB')}" if base else "– | –") + " | "
-                + f"{_signed(j2k['bd_rate_percent'], 1, ' %')} | "
-                  f"{_signed(j2k['bd_psnr_db'], 2, ' dB')} |")
+                + (f"{signed(base['bd_rate_percent'], 1, ' %')} | "
+                   f"{signed(base['bd_psnr_db'], 2, ' dB')}" if base else "– | –") + " | "
+                + f"{signed(j2k['bd_rate_percent'], 1, ' %')} | "
+                  f"{signed(j2k['bd_psnr_db'], 2, ' dB')} |")
         lines.append("")
     lines += ["Commands (from the repository root):", ""]
     lines += [f"- {name}: `{command}`" for name, command in report["commands"].items()]

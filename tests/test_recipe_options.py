@@ -171,14 +171,14 @@ def test_recipe_report_compares_curves_against_the_baseline_and_jpeg2000(tmp_pat
         layers = [dict(actual_bpp=b * (1 - shift), bytes=100, psnr=p + 2 * shift)
                   for b, p in ((0.3, 28.0), (0.5, 30.0), (0.7, 31.5), (0.9, 32.5))]
         return dict(images=[dict(image="a.png", layers=layers)])
-    curves = {n: recipe._mean_curve(results(s)) for n, s in (("base", 0.0), ("ds", 0.1))}
+    curves = {n: recipe.mean_curve(results(s)) for n, s in (("base", 0.0), ("ds", 0.1))}
     anchor = [dict(bpp=b, psnr=27 + 6 * b) for b in (0.1, 0.3, 0.6, 1.0, 1.5)]
     report = dict(init_from="pretrained/quality", init_step=25000, steps=10,
                   learning_rate=1e-4, seed=1, baseline="base", commands={"base": "python x"},
                   sets={"kodak": dict(images=1, jpeg2000=anchor, curves=curves,
-                                      vs_baseline={"ds": recipe._bd(curves["base"],
+                                      vs_baseline={"ds": recipe.bd_against(curves["base"],
                                                                     curves["ds"])},
-                                      vs_jpeg2000={n: recipe._bd(anchor, c)
+                                      vs_jpeg2000={n: recipe.bd_against(anchor, c)
                                                    for n, c in curves.items()})})
     better = report["sets"]["kodak"]["vs_baseline"]["ds"]
     assert better["bd_rate_percent"] < -5 and better["bd_psnr_db"] > 0.1

@@ -1,0 +1,151 @@
+"""The trend of a long training run against JPEG 2000, on Kodak and on held-out photos.
+
+    python -m bench.trend --checkpoint_dir runs/long/quality --kodak KODAK \\
+        --heldout data/photos/heldout --out bench/results/long
+
+Evaluates the newest checkpoint of --checkpoint_dir (a snapshot of it is copied first, so the
+run may go on) with eval_quality.py or eval_spatial.py on both image sets, real stream sizes,
+and adds one row per step to `<mode>_trend.json` and `<mode>_trend.md` in --out:
+- quality mode: BD-rate and BD-PSNR of the layer curve (averaged over the images) against
+  JPEG 2000 single layer at fixed rates (mct=1) on the same images;
+- spatial mode: per layer, the mean point at its own resolution (Lanczos pyramid, as
+  eval_spatial.py makes it) against JPEG 2000 coding that resolution alone: the PSNR
+  difference at the same rate.
+--checkpoint_dir may also be a pretrained folder (its step given with --step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+from bench import recipe
+
+J2K_NAME = "jpeg2000_{set}_level{level}.json"
+
+
+def _snapshot(checkpoint_dir, runs):
+    """Copy the newest checkpoint of a training run (or a pretrained folder) into `runs`."""
+    import tensorflow as tf
+    from pipeline.pretrained import is_pretrained
+    if is_pretrained(checkpoint_dir):
+        return checkpoint_dir, None
+    path = tf.train.latest_checkpoint(checkpoint_dir)
+    if path is None:
+        raise SystemExit(f"error: '{checkpoint_dir}' has no checkpoint yet")
+    step = int(path.rsplit("-", 1)[1])
+    name = f"{os.path.basename(os.path.normpath(checkpoint_dir))}_step{step}"
+    target = os.path.join(runs, name)
+    if not os.path.exists(os.path.join(target, "checkpoint")):
+        os.makedirs(target, exist_ok=True)
+        for file in os.listdir(checkpoint_dir):
+            if file.startswith(os.path.basename(path) + ".") or file == "config.json":
+                shutil.copy2(os.path.join(checkpoint_dir, file), target)
+        with open(os.path.join(target, "checkpoint"), "w") as f:
+            f.write(f'model_checkpoint_path: "{os.path.basename(path)}"\n')
+    return target, step
+
+
+def _levels(folder, level, levels):
+    """The images of `folder` at pyramid level `level` (1 = lowest of `levels`)."""
+    from codec.image import list_images, pyramid, read_image
+    return [pyramid(read_image(p), levels)[level - 1] for p in list_images(folder)]
+
+
+def _j2k(out, image_set, folder, level, levels):
+    """JPEG 2000 single layer at recipe.J2K_BPPS on one level of a set (cached in `out`)."""
+    path = os.path.join(out, J2K_NAME.format(set=image_set, level=level))
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    curve = recipe.j2k_curve(_levels(folder, level, levels))
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(curve, f, indent=1)
+    return curve
+
+
+def evaluate(args):
+    from bench import bd
+    from models.config import ModelConfig
+    model, step = _snapshot(args.checkpoint_dir, args.runs)
+    step = args.step if step is None else step
+    config = ModelConfig.load(model)
+    row = dict(step=step, sets={})
+    for image_set, folder in (("kodak", args.kodak), ("heldout", args.heldout)):
+        out = os.path.join(args.runs, f"{os.path.basename(model)}_{image_set}")
+        if not os.path.exists(os.path.join(out, "results.json")):
+            recipe.run_logged([f"eval_{config.mode}.py", "--input_image", folder,
+                         "--checkpoint_dir", model, "--output_folder", out],
+                        os.path.join(args.runs, "eval.log"))
+        with open(os.path.join(out, "results.json")) as f:
+            curve = recipe.mean_curve(json.load(f))
+        if config.mode == "quality":
+            anchor = _j2k(args.out, image_set, folder, 1, 1)
+            result = dict(curve=curve, vs_jpeg2000=recipe.bd_against(anchor, curve))
+        else:
+            levels = len(curve)
+            result = dict(curve=curve, vs_jpeg2000_db=[
+                bd.point_vs_curve(point, _j2k(args.out, image_set, folder, k, levels))[
+                    "metric_diff"] for k, point in enumerate(curve, start=1)])
+        row["sets"][image_set] = result
+    return config.mode, row
+
+
+def format_trend(mode, rows):
+    """The markdown table of a trend document."""
+    if mode == "quality":
+        lines = ["| step | Kodak: PSNR per layer (dB) at bpp | BD-PSNR vs JPEG 2000 | BD-rate | "
+                 "held-out: PSNR at bpp | BD-PSNR | BD-rate |", "|---:|---|---:|---:|---|---:|---:|"]
+        for row in rows:
+            cells = []
+            for image_set in ("kodak", "heldout"):
+                s = row["sets"][image_set]
+                j = s["vs_jpeg2000"]
+                cells += [" / ".join(f"{p['psnr']:.2f}@{p['bpp']:.3f}" for p in s["curve"]),
+                          recipe.signed(j["bd_psnr_db"], 2, " dB"),
+                          recipe.signed(j["bd_rate_percent"], 1, " %")]
+            lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
+    else:
+        lines = ["| step | Kodak: PSNR per layer (dB) at bpp | vs JPEG 2000 at each size (dB) | "
+                 "held-out: PSNR at bpp | vs JPEG 2000 (dB) |", "|---:|---|---|---|---|"]
+        for row in rows:
+            cells = []
+            for image_set in ("kodak", "heldout"):
+                s = row["sets"][image_set]
+                cells += [" / ".join(f"{p['psnr']:.2f}@{p['bpp']:.3f}" for p in s["curve"]),
+                          " / ".join(recipe.signed(d, 2) for d in s["vs_jpeg2000_db"])]
+            lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint_dir", required=True)
+    parser.add_argument("--step", type=int, default=None,
+                        help="The step of a pretrained folder (training runs know theirs).")
+    parser.add_argument("--kodak", required=True)
+    parser.add_argument("--heldout", required=True)
+    parser.add_argument("--runs", default=os.path.join("runs", "trend"),
+                        help="Snapshots and evaluations (not committed).")
+    parser.add_argument("--out", default=os.path.join("bench", "results", "long"))
+    args = parser.parse_args(argv)
+    mode, row = evaluate(args)
+    path = os.path.join(args.out, f"{mode}_trend.json")
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = [r for r in json.load(f)["rows"] if r["step"] != row["step"]]
+    rows = sorted(rows + [row], key=lambda r: r["step"] if r["step"] is not None else -1)
+    with open(path, "w") as f:
+        json.dump(dict(mode=mode, rows=rows), f, indent=1)
+    with open(os.path.join(args.out, f"{mode}_trend.md"), "w") as f:
+        f.write(format_trend(mode, rows))
+    print(format_trend(mode, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
