@@ -70,6 +70,7 @@ def _j2k(out, image_set, folder, level, levels):
 def evaluate(args):
     from bench import bd
     from models.config import ModelConfig
+    os.makedirs(args.runs, exist_ok=True)
     model, step = _snapshot(args.checkpoint_dir, args.runs)
     step = args.step if step is None else step
     config = ModelConfig.load(model)
