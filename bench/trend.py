@@ -95,30 +95,27 @@ def evaluate(args):
     return config.mode, row
 
 
+def _cells(mode, result):
+    """Table cells of one set of a trend row: the curve, then its comparison."""
+    curve = " / ".join(f"{p['psnr']:.2f}@{p['bpp']:.3f}" for p in result["curve"])
+    if mode == "quality":
+        j2k = result["vs_jpeg2000"]
+        return [curve, recipe.signed(j2k["bd_psnr_db"], 2, " dB"),
+                recipe.signed(j2k["bd_rate_percent"], 1, " %")]
+    return [curve, " / ".join(recipe.signed(d, 2) for d in result["vs_jpeg2000_db"])]
+
+
 def format_trend(mode, rows):
     """The markdown table of a trend document."""
-    if mode == "quality":
-        lines = ["| step | Kodak: PSNR per layer (dB) at bpp | BD-PSNR vs JPEG 2000 | BD-rate | "
-                 "held-out: PSNR at bpp | BD-PSNR | BD-rate |", "|---:|---|---:|---:|---|---:|---:|"]
-        for row in rows:
-            cells = []
-            for image_set in ("kodak", "heldout"):
-                s = row["sets"][image_set]
-                j = s["vs_jpeg2000"]
-                cells += [" / ".join(f"{p['psnr']:.2f}@{p['bpp']:.3f}" for p in s["curve"]),
-                          recipe.signed(j["bd_psnr_db"], 2, " dB"),
-                          recipe.signed(j["bd_rate_percent"], 1, " %")]
-            lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
-    else:
-        lines = ["| step | Kodak: PSNR per layer (dB) at bpp | vs JPEG 2000 at each size (dB) | "
-                 "held-out: PSNR at bpp | vs JPEG 2000 (dB) |", "|---:|---|---|---|---|"]
-        for row in rows:
-            cells = []
-            for image_set in ("kodak", "heldout"):
-                s = row["sets"][image_set]
-                cells += [" / ".join(f"{p['psnr']:.2f}@{p['bpp']:.3f}" for p in s["curve"]),
-                          " / ".join(recipe.signed(d, 2) for d in s["vs_jpeg2000_db"])]
-            lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
+    compared = (["BD-PSNR vs JPEG 2000", "BD-rate"] if mode == "quality"
+                else ["vs JPEG 2000 at each size (dB)"])
+    header = ["step"] + [f"{name}: {column}" for name in ("Kodak", "held-out")
+                         for column in ["PSNR per layer (dB) @ bpp", *compared]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row["step"])] + [c for image_set in ("kodak", "heldout")
+                                      for c in _cells(mode, row["sets"][image_set])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

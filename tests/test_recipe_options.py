@@ -184,3 +184,17 @@ def test_recipe_report_compares_curves_against_the_baseline_and_jpeg2000(tmp_pat
     assert better["bd_rate_percent"] < -5 and better["bd_psnr_db"] > 0.1
     text = recipe.format_report(json.loads(json.dumps(report)))
     assert "| base (baseline) |" in text and "| ds |" in text and "python x" in text
+
+
+def test_trend_tables_have_a_row_per_step_and_both_sets():
+    from bench import trend
+    def row(step, psnr):
+        point = dict(bpp=0.3, psnr=psnr)
+        return dict(step=step, sets={s: dict(curve=[point, point], vs_jpeg2000=dict(
+            bd_psnr_db=psnr - 30, bd_rate_percent=None), vs_jpeg2000_db=[psnr - 30, None])
+            for s in ("kodak", "heldout")})
+    quality = trend.format_trend("quality", [row(5, 28.0), row(10, 29.5)]).splitlines()
+    assert len(quality) == 4 and quality[2].startswith("| 5 | 28.00@0.300 / 28.00@0.300 | -2.00 dB | n/a |")
+    spatial = trend.format_trend("spatial", [row(10, 29.5)]).splitlines()
+    assert spatial[2] == ("| 10 | 29.50@0.300 / 29.50@0.300 | -0.50 / n/a | "
+                          "29.50@0.300 / 29.50@0.300 | -0.50 / n/a |")
