@@ -23,7 +23,7 @@ import sys
 
 from bench import recipe
 
-J2K_NAME = "jpeg2000_{set}_level{level}.json"
+J2K_NAME = "jpeg2000_{set}_level{level}_of_{levels}.json"
 
 
 def _snapshot(checkpoint_dir, runs):
@@ -56,7 +56,7 @@ def _levels(folder, level, levels):
 
 def _j2k(out, image_set, folder, level, levels):
     """JPEG 2000 single layer at recipe.J2K_BPPS on one level of a set (cached in `out`)."""
-    path = os.path.join(out, J2K_NAME.format(set=image_set, level=level))
+    path = os.path.join(out, J2K_NAME.format(set=image_set, level=level, levels=levels))
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
