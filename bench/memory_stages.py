@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import functools
 import json
-import os
 import sys
 import tempfile
 import time
