@@ -236,3 +236,19 @@ def test_no_import_cycles():
     assert "pipeline.checkpoints" in graph["pipeline.pretrained"]
     assert not _cycles(graph)
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_results_record_paths_relative_to_the_repository_or_the_folder_given():
+    from bench.results_io import REPO, shown_command, shown_path
+    from pipeline.evaluation import recorded_names
+    assert shown_path(os.path.join(REPO, "runs", "q")) == os.path.join("runs", "q")
+    assert shown_path("kodak/") == "kodak/"
+    assert shown_path("/data/kodak", "--kodak") == "$KODAK"
+    assert shown_path("/data/kodak/") == "kodak"
+    assert shown_command("bench.portable", ["--checkpoint_dir", "/x/ship", "--runs", "3"]) == \
+        "python -m bench.portable --checkpoint_dir $CHECKPOINT_DIR --runs 3"
+    assert recorded_names(["/d/k/a.png", "/d/k/b.png"]) == {"/d/k/a.png": "a.png",
+                                                            "/d/k/b.png": "b.png"}
+    assert recorded_names(["/d/t/x/a.png", "/d/t/y/b.png"]) == {
+        "/d/t/x/a.png": os.path.join("x", "a.png"), "/d/t/y/b.png": os.path.join("y", "b.png")}
+    assert recorded_names(["photo.png"]) == {"photo.png": "photo.png"}
