@@ -12,9 +12,9 @@ computed from the decoded 8-bit RGB pixels with ``pipeline.metrics`` (the same m
 evaluation scripts).  Rates are always real byte counts of a file that decodes to exactly the
 pixels that were measured; nothing is estimated from a rate target.
 
-JPEG 2000 settings (see /work/shared/ANCHORS.md for why): raw codestream (``.j2k``, no JP2
-boxes), ``irreversible=True`` (9/7 wavelet), ``mct=1`` (RGB->YCbCr; Pillow's default mct=0 is
-about 3 dB worse and would be a straw man), ``quality_mode="rates"`` with compression ratios
+JPEG 2000 settings (see the project brief ANCHORS.md, not in this repository, for why): raw
+codestream (``.j2k``, no JP2 boxes), ``irreversible=True`` (9/7 wavelet), ``mct=1``
+(RGB->YCbCr; Pillow's default mct=0 is about 3 dB worse and would be a straw man), ``quality_mode="rates"`` with compression ratios
 ``24 / bpp`` (24 bits per RGB pixel), OpenJPEG's default 5 decomposition levels and 64x64
 code-blocks, one tile.
 
@@ -41,7 +41,7 @@ arguments (codec, reduce, layers, fd, length) itself after ``Image.open``.
 
 Kodak check (24 images, 4 layers for 0.25/0.5/0.75/1.0 bpp, means of per-image values):
 layered 0.249/0.499/0.749/0.998 bpp -> 29.25/32.16/34.27/35.94 dB; single-layer files
-0.249/0.499/0.749/0.999 bpp -> 29.25/32.18/34.31/36.00 dB, as in /work/shared/ANCHORS.md.
+0.249/0.499/0.749/0.999 bpp -> 29.25/32.18/34.31/36.00 dB, as in the brief ANCHORS.md.
 """
 from __future__ import annotations
 

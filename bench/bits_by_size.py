@@ -1,7 +1,7 @@
 """Estimated vs actual bits per layer, by image size: is a trained model's entropy model
 calibrated on images larger than its training patches?
 
-    .venv/bin/python -m bench.bits_by_size --checkpoint_dir DIR [--images GLOB] \
+    python -m bench.bits_by_size --checkpoint_dir DIR --images GLOB \
         [--crops 0,256,512] [--max_images 6] [--out FILE.json]
 
 For each size (0 = the whole images, else non-overlapping square crops of that side from the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import sys
 
 
@@ -36,6 +37,7 @@ def layer_bits(model, levels):
 
 def measure(checkpoint_dir, paths, sides):
     """{side: {layer name: {estimated, actual, ratio}}} summed over the images' crops."""
+    from bench.results_io import shown_path
     from codec import image as image_lib
     from models.config import ModelConfig
     from models.scalable import PAD_MULTIPLE
@@ -61,7 +63,8 @@ def measure(checkpoint_dir, paths, sides):
             name: dict(estimated_bits=round(estimated), actual_bits=actual,
                        ratio=round(estimated / actual, 4) if actual else None)
             for name, (estimated, actual) in zip(config.layer_names, sums)})
-    return dict(checkpoint_dir=checkpoint_dir, mode=config.mode, images=paths, results=results)
+    return dict(checkpoint_dir=shown_path(checkpoint_dir, "--checkpoint_dir"), mode=config.mode,
+                images=[os.path.basename(p) for p in paths], results=results)
 
 
 def format_table(doc):
@@ -78,7 +81,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint_dir", required=True,
                    help="A training directory or a pretrained folder (either mode).")
-    p.add_argument("--images", default="/work/shared/kodak/*.png", help="Glob of images.")
+    p.add_argument("--images", required=True, help="Glob of images, e.g. 'kodak/*.png'.")
     p.add_argument("--crops", default="0,256,512",
                    help="Comma-separated crop sides; 0 = the whole images.")
     p.add_argument("--max_images", type=int, default=6)

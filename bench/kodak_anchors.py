@@ -60,7 +60,8 @@ def run(images: str, out: str | None, codecs, ms_ssim: bool = True, verify: bool
         extra = [k for k in ("bytes", "layer", "target_bpp", "quality", "reduce", "height",
                              "width") if k in avg[0]]
         docs[codec] = results_io.to_results(
-            name, avg, f"{description}; mean over {len(paths)} images of {images}",
+            name, avg, f"{description}; mean over {len(paths)} images of "
+            f"{results_io.shown_path(images, '--images')}",
             extra_point_keys=extra, scalable=scalable, seconds=round(seconds, 2))
     if out:
         for codec, doc in docs.items():

@@ -1,6 +1,6 @@
 """Camera-size photos: peak memory and time of tiled coding, and MS-SSIM speed (issue 11).
 
-    nice .venv/bin/python -m bench.large_images [--sizes 1728x1152,4000x3000,6000x4000]
+    nice python -m bench.large_images [--sizes 1728x1152,4000x3000,6000x4000]
         [--out bench/results/large_images.json]
 
 The quality-scalable model with the paper's filters (96, 120, 144, 196) and the hyperprior,
@@ -29,25 +29,10 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from bench.speed import (DEFAULT_FILTERS, DEFAULT_IMAGE, build_codec, median_time,  # noqa: E402
-                         peak_rss_mib)
+from bench.results_io import shown_command
+from bench.speed import DEFAULT_FILTERS, REPO, build_codec, median_time, peak_rss_mib, photo
 
 DEFAULT_SIZES = "1728x1152,4000x3000,6000x4000"  # 2, 12 and 24 MP
-
-
-def photo(width, height, path=DEFAULT_IMAGE):
-    """A real photo (uint8) upscaled to width x height (bicubic)."""
-    import numpy as np
-    from PIL import Image
-    if not os.path.exists(path):
-        from pipeline.sample_photos import data_folder
-        path = os.path.join(data_folder(), "astronaut.png")
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB").resize((width, height), Image.BICUBIC))
 
 
 def code_child(width, height, tile):
@@ -198,7 +183,8 @@ def main(argv=None):
     sizes = ([] if args.sizes == "none"
              else [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")])
     report = dict(filters=list(DEFAULT_FILTERS), entropy_model="hyperprior", tile=tile,
-                  command=" ".join(sys.argv), started=time.strftime("%Y-%m-%d %H:%M:%S"),
+                  command=shown_command("bench.large_images", sys.argv[1:]),
+                  started=time.strftime("%Y-%m-%d %H:%M:%S"),
                   load_average_start=os.getloadavg(), memory=[])
 
     def save():

@@ -1,6 +1,6 @@
 """Which stage of one evaluation sets the peak resident memory, and how it grows with the image.
 
-    nice -n 5 .venv/bin/python -m bench.memory_stages --size 3000x2000 [--eager]
+    nice -n 5 python -m bench.memory_stages --size 3000x2000 [--eager]
         [--out bench/results/memory_stages_6mp.json]
 
 What bench/large_images.py measures (pipeline.evaluation.evaluate_image on a photo upscaled
@@ -18,14 +18,10 @@ import argparse
 import contextlib
 import functools
 import json
-import os
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 
 def _status_mib(field):
@@ -139,8 +135,8 @@ def main(argv=None):
     p.add_argument("--eager", action="store_true", help="also mark the coding functions' parts")
     p.add_argument("--out", help="JSON file of the stage table")
     args = p.parse_args(argv)
-    from bench.large_images import photo
-    from bench.speed import DEFAULT_FILTERS, build_codec
+    from bench import results_io
+    from bench.speed import DEFAULT_FILTERS, build_codec, photo
     from models.tiling import DEFAULT_TILE
     from pipeline.evaluation import evaluate_image
     width, height = (int(v) for v in args.size.split("x"))
@@ -154,7 +150,8 @@ def main(argv=None):
         evaluate_image(codec, "photo", [image] * len(DEFAULT_FILTERS), folder,
                        len(DEFAULT_FILTERS))
     report = dict(size=args.size, megapixels=width * height / 1e6, tile=codec.tile,
-                  eager=args.eager, command=" ".join(sys.argv),
+                  eager=args.eager,
+                  command=results_io.shown_command("bench.memory_stages", sys.argv[1:]),
                   peak_rss_mib=_status_mib("VmHWM"), stages=recorder.rows,
                   overall_peak_mib=max(r["peak_mib"] for r in recorder.rows))
     for row in recorder.rows:

@@ -1,13 +1,13 @@
 """Cost of portable coding (issue 9): the exact scale-index path against the float one.
 
-    .venv/bin/python -m bench.portable [--checkpoint_dir DIR] [--images 3] [--runs 3] \
+    python -m bench.portable [--kodak DIR] [--checkpoint_dir DIR] [--images 3] [--runs 3] \
         [--out bench/results/portable.json]
 
 Two copies of one quality-scalable hyperprior model with the same weights and the same stored
 coding tables: one computes the decoder-side scale indexes with the integer hyper-synthesis
 (`exact_indexes=True`, what the codec uses), the other with the float hyper-synthesis as tfc
 does (`exact_indexes=False`, not portable). On the first --images Kodak images
-(/work/shared/kodak or --kodak; seeded synthetic 768x512 images when absent):
+(--kodak; seeded synthetic 768x512 images when not given or empty):
 
 - coding time (wall clock and CPU time), alternating exact and float (order swapped every run), median of --runs after
   one traced warm-up call: encode of the streams (Codec.encode without reconstructions, the
@@ -33,8 +33,6 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_KODAK = "/work/shared/kodak"
 PATHS = ("exact", "float")
 # wall-clock and CPU (all threads of this process) seconds; CPU time is the steadier measure
 # on a shared machine, where other processes stretch the wall clock.
@@ -74,6 +72,7 @@ def set_index_path(model, tables, path):
 
 def build_codecs(checkpoint_dir):
     """{"exact": Codec, "float": Codec}: same weights, same tables; and a description."""
+    from bench.results_io import shown_path
     from codec.streams import Codec
     from models.config import ModelConfig
     from models.factory import build_model
@@ -81,7 +80,7 @@ def build_codecs(checkpoint_dir):
         from pipeline.checkpoints import load_coding_tables, restore_trained_model
         models = [restore_trained_model(checkpoint_dir, "quality") for _ in PATHS]
         tables = load_coding_tables(checkpoint_dir, models[0])
-        source = f"trained: {checkpoint_dir}"
+        source = f"trained: {shown_path(checkpoint_dir, '--checkpoint_dir')}"
     else:
         import tensorflow as tf
         tf.random.set_seed(0)
@@ -102,7 +101,7 @@ def build_codecs(checkpoint_dir):
 def list_inputs(kodak, count):
     """(name, uint8 image) of the first `count` Kodak images, or synthetic ones."""
     from codec.image import read_image
-    paths = sorted(glob.glob(os.path.join(kodak, "*.png")))[:count]
+    paths = sorted(glob.glob(os.path.join(kodak, "*.png")))[:count] if kodak else []
     if paths:
         return [(os.path.basename(p), read_image(p)) for p in paths]
     from bench.speed import synthetic_image
@@ -149,15 +148,15 @@ def summarize(results):
 
 
 def main(argv=None):
+    from bench.results_io import shown_command
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint_dir", default=None)
-    parser.add_argument("--kodak", default=DEFAULT_KODAK)
+    parser.add_argument("--kodak", default=None, help="Folder of Kodak PNGs.")
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "portable.json"))
+    parser.add_argument("--out", default=os.path.join("bench", "results", "portable.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, REPO)
     codecs, source = build_codecs(args.checkpoint_dir)
     results = []
     with tempfile.TemporaryDirectory() as folder:
@@ -174,7 +173,7 @@ def main(argv=None):
     print("all images: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
     doc = {"model": source, "layers": codecs["exact"].config.filters, "runs": args.runs,
            "summary": summary, "images": results,
-           "command": "python -m bench.portable " + " ".join(argv or sys.argv[1:])}
+           "command": shown_command("bench.portable", argv or sys.argv[1:])}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=2)

@@ -25,6 +25,7 @@ from typing import Dict, List, Mapping, Sequence
 
 from codec import image as image_lib
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_KEYS = ("bpp", "psnr-rgb", "ms-ssim-rgb")
 _POINT_TO_SCHEMA = {"bpp": "bpp", "psnr": "psnr-rgb", "ms_ssim": "ms-ssim-rgb"}
 _SCHEMA_TO_POINT = {v: k for k, v in _POINT_TO_SCHEMA.items()}
@@ -128,3 +129,24 @@ def is_scalable(doc: Mapping) -> bool:
     """True for a curve whose points come from one scalable bitstream (top-level
     "scalable": true)."""
     return bool(doc.get("scalable", False))
+
+
+def shown_path(path, flag=None):
+    """`path` as results record it (no machine's paths): a relative path as given; an absolute
+    one relative to the repository when inside it, else ``$FLAG`` (the flag that named it, in
+    capitals) or, without a flag, its last component."""
+    path = str(path)
+    if not os.path.isabs(path):
+        return path
+    if path == REPO or path.startswith(REPO + os.sep):
+        return os.path.relpath(path, REPO)
+    return "$" + flag.lstrip("-").upper() if flag else os.path.basename(path.rstrip(os.sep))
+
+
+def shown_command(module, argv):
+    """``python -m <module> <argv>`` with every absolute path shown as shown_path does."""
+    words, flag = ["python", "-m", module], None
+    for arg in argv:
+        words.append(shown_path(arg, flag) if os.path.isabs(arg) else arg)
+        flag = arg if arg.startswith("--") else None
+    return " ".join(words)

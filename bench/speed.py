@@ -54,6 +54,17 @@ DEFAULT_IMAGE = os.path.join(REPO, "data", "kodak", "kodim01.png")
 # Pure helpers (tested)
 
 
+def photo(width, height, path=DEFAULT_IMAGE):
+    """A real photo (uint8) upscaled to width x height (bicubic)."""
+    import numpy as np
+    from PIL import Image
+    if not os.path.exists(path):
+        from pipeline.sample_photos import data_folder
+        path = os.path.join(data_folder(), "astronaut.png")
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB").resize((width, height), Image.BICUBIC))
+
+
 def median_time(fn, runs: int, warmup: int):
     """(median seconds over ``runs`` calls after ``warmup`` calls, all times, last result)."""
     result = None
@@ -369,10 +380,11 @@ def main(argv=None):
         memory_child(args.memory_child, h, w, ems[0], filters)
         return 0
 
+    from bench import results_io
     from codec.image import read_image
     w, h = (int(v) for v in args.size.split("x"))
     if args.image and os.path.exists(args.image):
-        image, source = read_image(args.image), args.image
+        image, source = read_image(args.image), results_io.shown_path(args.image, "--image")
     else:
         image, source = synthetic_image(h, w), f"synthetic {w}x{h}"
     height, width = image.shape[:2]

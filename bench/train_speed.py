@@ -1,15 +1,14 @@
 """Training throughput of the quality-scalable model: each speed-up option against the old step.
 
-    .venv/bin/python -m bench.train_speed [--profile cpu] [--rounds 3] [--steps 5] [--xla]
-        [--train_glob '/work/shared/train/*/*'] [--out bench/results/train_speed.json]
+    python -m bench.train_speed [--profile cpu] [--rounds 3] [--steps 5] [--xla]
+        [--train_glob 'photos/*/*'] [--out bench/results/train_speed.json]
 
-Builds the model of a bench/rd.py profile (filters, lambdas, patch and batch size; hyperprior)
+Builds the model of a bench.rd profile (filters, lambdas, patch and batch size; hyperprior)
 once per variant, all from the same seed, and times `train_step` (traced, optimizer included):
 
 - "irfft_float32": tfc's own kernel rebuild (irfft2d of the RDFT parameters), float32 convs:
   the step as it was before this bench;
 - "matmul_float32": the kernel rebuilt with one matmul (layers.SignalConv2D, the default);
-- "matmul_bfloat16": the same with bfloat16 convolution ops (--precision bfloat16);
 - with --xla, "matmul_float32_xla": the default step under tf.function(jit_compile=True).
 
 The variants run in alternating rounds (--steps steps each, after two untimed steps) so that
@@ -25,25 +24,18 @@ import glob
 import json
 import os
 import statistics
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-DEFAULT_GLOB = "/work/shared/train/*/*"
 BASELINE = "irfft_float32"
-# name -> (kernel rebuild, conv precision, jit_compile)
+# name -> (kernel rebuild, jit_compile)
 VARIANTS = {
-    "irfft_float32": ("irfft", "float32", False),
-    "matmul_float32": ("matmul", "float32", False),
-    "matmul_bfloat16": ("matmul", "bfloat16", False),
-    "matmul_float32_xla": ("matmul", "float32", True),
+    "irfft_float32": ("irfft", False),
+    "matmul_float32": ("matmul", False),
+    "matmul_float32_xla": ("matmul", True),
 }
 
 
-def make_step(config, rebuild, precision, xla, seed=0):
+def make_step(config, rebuild, xla, seed=0):
     """A traced train step of a fresh model built from `seed` with the given options."""
     import tensorflow as tf
     from models.factory import build_model
@@ -51,7 +43,6 @@ def make_step(config, rebuild, precision, xla, seed=0):
     tf.keras.utils.set_random_seed(seed)
     model = build_model(config)
     set_kernel_rebuild(model, rebuild)
-    model.training_precision = precision
     optimizer = tf.keras.optimizers.Adam(1e-4)
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)
@@ -78,19 +69,19 @@ def time_pipeline(files, patchsize, batchsize, batches, threads):
 
 
 def main(argv=None):
-    from bench.rd import PROFILES
+    from bench.rd.cli import PROFILES
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="Timed steps per variant and round.")
-    p.add_argument("--variants", default="irfft_float32,matmul_float32,matmul_bfloat16",
+    p.add_argument("--variants", default="irfft_float32,matmul_float32",
                    help=f"Comma-separated, from {', '.join(VARIANTS)}.")
     p.add_argument("--xla", action="store_true", help="Add matmul_float32_xla.")
-    p.add_argument("--train_glob", default=DEFAULT_GLOB,
+    p.add_argument("--train_glob", default=None,
                    help="Photos for the input-pipeline timing and the batch (a seeded random "
-                        "batch when none match).")
+                        "batch when not given or none match).")
     p.add_argument("--preprocess_threads", type=int, default=16)
-    p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "train_speed.json"))
+    p.add_argument("--out", default=os.path.join("bench", "results", "train_speed.json"))
     args = p.parse_args(argv)
     names = [n for n in args.variants.split(",") if n]
     if args.xla and "matmul_float32_xla" not in names:
@@ -108,7 +99,7 @@ def main(argv=None):
                                                               range(1, len(filters))],
                          filters=list(filters), lmbdas=list(profile["lmbdas"]),
                          entropy_model="hyperprior")
-    files = sorted(f for f in glob.glob(args.train_glob) if os.path.isfile(f))
+    files = sorted(f for f in glob.glob(args.train_glob or "") if os.path.isfile(f))
     pipeline = None
     if files:
         from pipeline import data

@@ -14,7 +14,6 @@ import tensorflow_compression as tfc
 KERNEL = 5
 
 
-PRECISIONS = ("float32", "bfloat16")
 KERNEL_REBUILDS = ("matmul", "irfft")
 
 
@@ -35,26 +34,18 @@ def _inverse_rdft_matrix(height, width):
 
 
 class SignalConv2D(tfc.SignalConv2D):
-    """`tfc.SignalConv2D` whose kernel can be frozen for coding and whose convolution can run
-    in bfloat16 for training.
+    """`tfc.SignalConv2D` whose kernel can be frozen for coding and is rebuilt by a matmul.
 
     The kernel is trained in tfc's RDFT parameterization, so every call rebuilds it with an
     inverse FFT: about 0.1 s per call for a 196x196 5x5 kernel on a CPU, whatever the image
     size, which dominated the prediction transforms and the hyperprior at coding time.
     `freeze_kernel()` computes it once from the current weights; the variables (and so the
     checkpoints and the weights digest) are unchanged, and `thaw_kernel()` undoes it.
-
-    `conv_precision` ("float32" or "bfloat16") is the dtype of the convolution op alone: the
-    input and the (rebuilt) kernel are cast to it there and the result is cast back to float32
-    before the bias and the activation (GDN), so the variables stay float32 under either
-    precision. bfloat16 is for training speed on CPUs with AMX/AVX512-BF16; coding always
-    runs in float32 (see `set_conv_precision`).
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.frozen_kernel = None
-        self.conv_precision = "float32"
         self.kernel_rebuild = "matmul"
 
     @property
@@ -80,41 +71,16 @@ class SignalConv2D(tfc.SignalConv2D):
     def thaw_kernel(self):
         self.frozen_kernel = None
 
-    def _in_precision(self, op, inputs, kernel, *args):
-        if self.conv_precision == "float32":
-            return op(inputs, kernel, *args)
-        outputs = op(tf.cast(inputs, self.conv_precision), tf.cast(kernel, self.conv_precision),
-                     *args)
-        return tf.cast(outputs, inputs.dtype)
-
-    # tfc's call() reaches the convolution op through one of these four methods.
-    def _correlate_down_valid(self, inputs, kernel):
-        return self._in_precision(super()._correlate_down_valid, inputs, kernel)
-
-    def _correlate_down_explicit(self, inputs, kernel, padding):
-        return self._in_precision(super()._correlate_down_explicit, inputs, kernel, padding)
-
-    def _up_convolve_transpose_valid(self, inputs, kernel, prepadding):
-        return self._in_precision(super()._up_convolve_transpose_valid, inputs, kernel,
-                                  prepadding)
-
-    def _up_convolve_transpose_explicit(self, inputs, kernel, prepadding):
-        return self._in_precision(super()._up_convolve_transpose_explicit, inputs, kernel,
-                                  prepadding)
-
     def linear(self, inputs, kernel):
         """This layer's convolution (same geometry) with another kernel of any dtype, without
         bias or activation (the integer hyper-synthesis, models/entropy/integer.py)."""
-        saved = self.frozen_kernel, self._use_bias, self._activation, self.conv_precision
-        # tfc's setters refuse built layers; the private fields are what call() reads. The
-        # op runs in the inputs' dtype, also while training in bfloat16.
+        saved = self.frozen_kernel, self._use_bias, self._activation
+        # tfc's setters refuse built layers; the private fields are what call() reads.
         self.frozen_kernel, self._use_bias, self._activation = kernel, False, None
-        self.conv_precision = "float32"
         try:
             return tfc.SignalConv2D.call(self, inputs)
         finally:
-            (self.frozen_kernel, self._use_bias, self._activation,
-             self.conv_precision) = saved
+            self.frozen_kernel, self._use_bias, self._activation = saved
 
 
 def conv(filters, stride="1", activation=None, name=None, transposed=False, kernel=KERNEL):
@@ -145,18 +111,6 @@ def set_kernels_frozen(module, frozen):
             layer.freeze_kernel()
         elif isinstance(layer, SignalConv2D):
             layer.thaw_kernel()
-
-
-def set_conv_precision(module, precision):
-    """Run every SignalConv2D convolution under `module` in `precision` (see PRECISIONS).
-
-    Only the convolution ops change; variables, GDN, bias and activations stay float32.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    for layer in (module, *module.submodules):
-        if isinstance(layer, SignalConv2D):
-            layer.conv_precision = precision
 
 
 def set_kernel_rebuild(module, method):

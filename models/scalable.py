@@ -18,7 +18,7 @@ from models.config import DOWNSAMPLING
 from models.entropy import make_entropy_model
 from models.entropy.coding import tables_digest
 from models.layers import (AnalysisTransform, PredictionTransform, SynthesisTransform, crop_to,
-                           set_conv_precision, set_kernels_frozen)
+                           set_kernels_frozen)
 
 # Images are padded to this multiple before coding.
 PAD_MULTIPLE = DOWNSAMPLING
@@ -62,9 +62,6 @@ class ScalableModel(tf.keras.Model):
         # Traced coding functions, one per layer; a plain namespace so Keras does not track it.
         self._coding = types.SimpleNamespace(encoders={}, decoders={}, analyses={},
                                               syntheses={}, ready=False, tables_digest=None)
-        # Dtype of the convolution ops in train_step (layers.PRECISIONS); weights stay float32
-        # and coding always runs in float32.
-        self.training_precision = "float32"
 
     # --- what the two modes supply ---------------------------------------------------------
     def levels(self, inputs):
@@ -149,17 +146,12 @@ class ScalableModel(tf.keras.Model):
         # prepared again afterwards.
         set_kernels_frozen(self, False)
         self._coding.ready = False
-        # The precision applies while this step is traced (or run eagerly) only.
-        set_conv_precision(self, self.training_precision)
-        try:
-            with tf.GradientTape() as tape:
-                outputs = self(inputs, training=True)
-                loss, metrics = self.loss_terms(inputs, outputs)
-                # Under tf.distribute the replicas' gradients are summed: dividing by their
-                # count gives the gradient of the loss averaged over the global batch.
-                loss /= tf.distribute.get_strategy().num_replicas_in_sync
-        finally:
-            set_conv_precision(self, "float32")
+        with tf.GradientTape() as tape:
+            outputs = self(inputs, training=True)
+            loss, metrics = self.loss_terms(inputs, outputs)
+            # Under tf.distribute the replicas' gradients are summed: dividing by their
+            # count gives the gradient of the loss averaged over the global batch.
+            loss /= tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))

@@ -26,9 +26,10 @@ from codec.image import write_file_atomic
 from models.config import ConfigError, ModelConfig, SettingsError
 from models.entropy.coding import TABLES_VERSION
 from models.factory import build_model
-from pipeline import pretrained
 
 TABLES_NAME = "coding_tables.npz"
+WEIGHTS_NAME = "weights.npz"  # a shipped model's float16 weights (pipeline/pretrained.py)
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 _WEIGHTS_KEY = "weights_digest"  # not a valid table name (those hold a "/")
 
 
@@ -39,6 +40,54 @@ def _tag(weights_digest):
 
 class CheckpointError(SettingsError, ValueError):
     """A checkpoint directory that cannot serve the request."""
+
+
+class PretrainedError(ValueError):
+    """A pretrained folder that cannot be written or read."""
+
+
+def is_pretrained(directory):
+    """Whether `directory` holds exported weights rather than a training checkpoint."""
+    return os.path.exists(os.path.join(directory, WEIGHTS_NAME))
+
+
+def _names(model):
+    return [variable.name for variable in model.weights]
+
+
+def save_weights(model, directory):
+    """Write `model`'s config and weights (float16) into `directory`; returns the npz path."""
+    arrays = {}
+    for index, variable in enumerate(model.weights):
+        values = variable.numpy()
+        if np.max(np.abs(values), initial=0.0) > FLOAT16_MAX:
+            raise PretrainedError(f"variable {variable.name} exceeds the float16 range")
+        arrays[f"w{index:04d}"] = values.astype(np.float16)
+    arrays["names"] = np.array(_names(model))
+    model.config.save(directory)
+    path = os.path.join(directory, WEIGHTS_NAME)
+    temporary = path + ".tmp.npz"
+    np.savez(temporary, **arrays)
+    with open(temporary, "rb") as f:
+        write_file_atomic(path, f.read())
+    os.remove(temporary)
+    return path
+
+
+def load_weights(model, directory):
+    """Assign the float16 weights of `directory` to `model` (built from its config.json)."""
+    path = os.path.join(directory, WEIGHTS_NAME)
+    try:
+        with np.load(path) as arrays:
+            names = list(arrays["names"])
+            values = [arrays[f"w{index:04d}"] for index in range(len(names))]
+    except (OSError, KeyError, ValueError) as error:
+        raise PretrainedError(f"'{path}' is not a readable weights file ({error})") from None
+    if names != _names(model) or any(
+            v.shape != tuple(w.shape) for v, w in zip(values, model.weights)):
+        raise PretrainedError(f"'{path}' does not match the model of its config.json")
+    for variable, value in zip(model.weights, values):
+        variable.assign(value.astype(np.float32))
 
 
 def latest_checkpoint(directory):
@@ -131,10 +180,10 @@ def restore_trained_model(directory, mode, **requested):
                           "checkpoint_dir", ["checkpoint_dir"])
     config.check_matches(directory, **requested)
     model = build_model(config)
-    if pretrained.is_pretrained(directory):
+    if is_pretrained(directory):
         try:
-            pretrained.load_weights(model, directory)
-        except pretrained.PretrainedError as error:
+            load_weights(model, directory)
+        except PretrainedError as error:
             raise CheckpointError(str(error)) from None
         return model
     path = latest_checkpoint(directory)

@@ -134,11 +134,6 @@ def add_training_flags(parser):
                         help="With --init_from: the step the new run counts from (e.g. the "
                              "steps the initial model was trained for), so --last_step and "
                              "the schedule continue that run's count.")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                        help="Dtype of the training convolutions (weights, GDN, entropy models "
-                             "and loss stay float32; checkpoints are the same). bfloat16 pays "
-                             "only where the CPU has AMX-BF16 (or on a GPU); it is slower on "
-                             "CPUs without AMX (bench/train_speed.py measures it).")
     parser.add_argument("--integer_hyper_synthesis", action="store_true",
                         help="Quantization in the loop: the hyperprior's scale indexes are "
                              "computed in training as the integer hyper-synthesis computes them "
@@ -344,7 +339,7 @@ def train_from_flags(args, config, make_dataset):
         try:
             training.train(config, dataset, args.checkpoint_dir, args.last_step,
                            learning_rate=schedule, checkpoint_secs=args.checkpoint_secs,
-                           log_every=args.log_every, precision=args.precision,
+                           log_every=args.log_every,
                            strategy=args.distribution, chief=chief,
                            integer_hyper_synthesis=args.integer_hyper_synthesis,
                            init_from=args.init_from, init_step=args.init_step)

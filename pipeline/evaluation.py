@@ -172,6 +172,14 @@ def evaluate_image(codec, path, levels, folder, num_layers):
     return layers, encode_seconds, decode_seconds
 
 
+def recorded_names(paths):
+    """{path: the name results.json records}: relative to the inputs' common folder (the
+    folder given on the command line; a single file: its name), never a machine's path."""
+    folders = [os.path.dirname(os.path.abspath(path)) for path in paths]
+    base = os.path.commonpath(folders) if folders else ""
+    return {path: os.path.relpath(os.path.abspath(path), base) for path in paths}
+
+
 def evaluate(codec, inputs, output_folder, num_layers=None, make_levels=None):
     """Evaluate every input; write streams, PNGs and results.json; return the results.
 
@@ -205,9 +213,12 @@ def evaluate(codec, inputs, output_folder, num_layers=None, make_levels=None):
     if not results:
         raise ImageError(f"none of the {len(inputs)} images could be read (see the 'skipped' "
                          "lines): nothing evaluated")
+    names = recorded_names(inputs)
+    for entry in results:
+        entry["image"] = names[entry["image"]]
     summary = dict(images=results, average=dict(layers=average_layers(results)))
     if skipped:
-        summary["skipped"] = skipped
+        summary["skipped"] = [names[path] for path in skipped]
     if results:
         write_file_atomic(os.path.join(output_folder, RESULTS_NAME),
                           (json.dumps(summary, indent=2) + "\n").encode())

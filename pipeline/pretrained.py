@@ -4,7 +4,8 @@ A pretrained folder (e.g. `pretrained/quality`) holds `config.json`, `weights.np
 float16 array per model variable, in `model.weights` order, named by the variable; no
 optimizer slots, step or data-iterator state: half the size of a float32 checkpoint and a
 sixth of a training one) and `coding_tables.npz`, the range-coding tables and integer
-hyper-synthesis computed once from those float16 weights (see pipeline/checkpoints.py).
+hyper-synthesis computed once from those float16 weights. The format (save_weights,
+load_weights) is in pipeline/checkpoints.py.
 Loading casts the arrays back to float32 exactly, so every machine holds the same weights,
 and the shipped tables make the streams decode alike everywhere.
 
@@ -15,19 +16,14 @@ Export a training run:
 import os
 import sys
 
-import numpy as np
-
-from codec.image import write_file_atomic
 from models.config import ConfigError, ModelConfig
+# The folder's weights format lives with the other trained-model files (one-way imports).
+from pipeline.checkpoints import (TABLES_NAME, WEIGHTS_NAME, PretrainedError,  # noqa: F401
+                                  is_pretrained, load_trained_model, load_weights,
+                                  restore_trained_model, save_weights)
 
-WEIGHTS_NAME = "weights.npz"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPO, "pretrained")
-FLOAT16_MAX = float(np.finfo(np.float16).max)
-
-
-class PretrainedError(ValueError):
-    """A pretrained folder that cannot be written or read."""
 
 
 def shipped_model_dir(mode):
@@ -35,53 +31,8 @@ def shipped_model_dir(mode):
     return os.path.join(SHIPPED, mode)
 
 
-def is_pretrained(directory):
-    """Whether `directory` holds exported weights rather than a training checkpoint."""
-    return os.path.exists(os.path.join(directory, WEIGHTS_NAME))
-
-
-def _names(model):
-    return [variable.name for variable in model.weights]
-
-
-def save_weights(model, directory):
-    """Write `model`'s config and weights (float16) into `directory`; returns the npz path."""
-    arrays = {}
-    for index, variable in enumerate(model.weights):
-        values = variable.numpy()
-        if np.max(np.abs(values), initial=0.0) > FLOAT16_MAX:
-            raise PretrainedError(f"variable {variable.name} exceeds the float16 range")
-        arrays[f"w{index:04d}"] = values.astype(np.float16)
-    arrays["names"] = np.array(_names(model))
-    model.config.save(directory)
-    path = os.path.join(directory, WEIGHTS_NAME)
-    temporary = path + ".tmp.npz"
-    np.savez(temporary, **arrays)
-    with open(temporary, "rb") as f:
-        write_file_atomic(path, f.read())
-    os.remove(temporary)
-    return path
-
-
-def load_weights(model, directory):
-    """Assign the float16 weights of `directory` to `model` (built from its config.json)."""
-    path = os.path.join(directory, WEIGHTS_NAME)
-    try:
-        with np.load(path) as arrays:
-            names = list(arrays["names"])
-            values = [arrays[f"w{index:04d}"] for index in range(len(names))]
-    except (OSError, KeyError, ValueError) as error:
-        raise PretrainedError(f"'{path}' is not a readable weights file ({error})") from None
-    if names != _names(model) or any(
-            v.shape != tuple(w.shape) for v, w in zip(values, model.weights)):
-        raise PretrainedError(f"'{path}' does not match the model of its config.json")
-    for variable, value in zip(model.weights, values):
-        variable.assign(value.astype(np.float32))
-
-
 def export(checkpoint_dir, output):
     """Export the newest checkpoint of `checkpoint_dir` into the pretrained folder `output`."""
-    from pipeline.checkpoints import TABLES_NAME, load_trained_model, restore_trained_model
     mode = ModelConfig.load(checkpoint_dir).mode
     path = save_weights(restore_trained_model(checkpoint_dir, mode), output)
     stale = os.path.join(output, TABLES_NAME)

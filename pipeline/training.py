@@ -170,15 +170,13 @@ def _duration(seconds):
 
 
 def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
-          checkpoint_secs=300, log_every=100, make_step=tf.function, precision="float32",
+          checkpoint_secs=300, log_every=100, make_step=tf.function,
           strategy=None, chief=True, integer_hyper_synthesis=False, init_from=None,
           init_step=0):
     """Train `config`'s model on `dataset` (endless batches) up to step `last_step`.
 
     learning_rate: a number (constant) or a schedule.StepSchedule; either way the rate of a
-    step is that of this call, also when resuming. precision: dtype of the convolution ops
-    ("float32" or "bfloat16", see layers.SignalConv2D); the variables are float32 either way,
-    so a checkpoint resumes under either precision. integer_hyper_synthesis: train the
+    step is that of this call, also when resuming. integer_hyper_synthesis: train the
     hyperprior's scale indexes as the integer network computes them at coding time
     (quantization in the loop; the variables are the same, so any checkpoint resumes with or
     without it).
@@ -195,19 +193,18 @@ def train(config, dataset, checkpoint_dir, last_step, learning_rate=1e-4,
     with contextlib.ExitStack() as stack:
         write_dir = stack.enter_context(distribute.WriteDir(checkpoint_dir, chief))
         return _train(config, dataset, checkpoint_dir, write_dir.path, last_step, learning_rate,
-                      checkpoint_secs, log_every, make_step, precision, strategy, chief,
+                      checkpoint_secs, log_every, make_step, strategy, chief,
                       integer_hyper_synthesis, init_from, init_step)
 
 
 def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
-           checkpoint_secs, log_every, make_step, precision, strategy, chief,
+           checkpoint_secs, log_every, make_step, strategy, chief,
            integer_hyper_synthesis=False, init_from=None, init_step=0):
     check_checkpoint_dir(checkpoint_dir, config)
     schedule = (learning_rate if isinstance(learning_rate, StepSchedule)
                 else StepSchedule(learning_rate))
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_model(config)
-        model.training_precision = precision
         model.set_integer_hyper_synthesis(integer_hyper_synthesis)
         # The rate variable is set from the schedule before every step, also right after a
         # restore brought back the old run's value (see schedule.py).
@@ -251,7 +248,7 @@ def _train(config, dataset, checkpoint_dir, write_dir, last_step, learning_rate,
     window_start, window_steps = time.monotonic(), 0
     print(f"training {config.mode}-scalable model ({config.entropy_model}, layers "
           f"{'/'.join(config.layer_names)}, filters {config.filters}) from step {step} "
-          f"to {last_step}; {schedule.describe()}, {precision} convolutions"
+          f"to {last_step}; {schedule.describe()}"
           + (", integer hyper-synthesis" if integer_hyper_synthesis else "")
           + (f"; {strategy.num_replicas_in_sync} replicas" if strategy else ""), flush=True)
     with _SignalFlag() as stop, writer.as_default():

@@ -1,6 +1,7 @@
 """Test helper: run a train script with test-only hooks, chosen by environment variables.
 
-`python tests/distribute_runner.py SCRIPT ARGS...`
+`python tests/distribute_runner.py SCRIPT ARGS...` (from the repository root, with it on
+PYTHONPATH, as tests/test_distribute.py runs it)
   RUNNER_NO_NOISE=1     the entropy models' uniform training noise is disabled (it is random per
                         replica, as it must be, so equivalence of strategies can only be checked
                         without it).
@@ -15,11 +16,8 @@ import os
 import runpy
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import numpy as np  # noqa: E402
-from tensorflow_compression.python.ops import math_ops  # noqa: E402
+import numpy as np
+from tensorflow_compression.python.ops import math_ops
 
 NOISE_VALUES = 8  # noise values recorded per entropy model call
 
@@ -86,6 +84,6 @@ elif os.environ.get("RECORD_REPLICAS"):
                                                   os.environ["RECORD_REPLICAS"])
 from pipeline import training  # noqa: E402
 training.build_model = _hooked(training.build_model)
-script = os.path.join(ROOT, sys.argv[1])
+script = os.path.abspath(sys.argv[1])
 sys.argv = [script] + sys.argv[2:]
 runpy.run_path(script, run_name="__main__")

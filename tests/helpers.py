@@ -58,6 +58,14 @@ def write_spatial_tfrecords(path, seeds, size=64, value_range=(0, 255)):
     return str(path)
 
 
+def with_repo_path(environ):
+    """A copy of `environ` whose PYTHONPATH starts with the repository root: a subprocess
+    (a helper under tests/, python -c) imports the repo's packages without sys.path edits."""
+    env = dict(environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
 # TensorFlow's numeric settings: a script run with `numerics` gets exactly those of them.
 NUMERIC_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
@@ -66,7 +74,7 @@ def _script_env(numerics=None):
     # As in a user's shell: the scripts choose TensorFlow's log level themselves (this file
     # sets TF_CPP_MIN_LOG_LEVEL=2 for the test process, which would let TF's start-up
     # noise into the scripts' stderr).
-    env = dict(os.environ)
+    env = with_repo_path(os.environ)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     if numerics is not None:
         for name in NUMERIC_ENV:

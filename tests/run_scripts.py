@@ -8,9 +8,7 @@ code (the scripts after it are not run).
 """
 import sys
 
-from helpers import ROOT, run_script_in_process
-
-sys.path.insert(0, ROOT)  # the scripts import the repo's packages
+from helpers import run_script_in_process  # the repo's packages: PYTHONPATH (helpers.py)
 
 SEPARATOR = "---"
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import (finish, functions_run_eagerly, run_script_in_process,
+from helpers import (finish, functions_run_eagerly, run_script_in_process, with_repo_path,
                      write_random_images, write_spatial_tfrecords)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def _start(script, args, hooks=None, tf_config=None):
     """Popen of a train script; with `hooks` (environment variables of
     tests/distribute_runner.py) through that runner."""
     runner = [os.path.join(ROOT, "tests", "distribute_runner.py")] if hooks else []
-    environment = dict(os.environ, **(hooks or {}))
+    environment = with_repo_path(dict(os.environ, **(hooks or {})))
     environment.pop("TF_CONFIG", None)
     if tf_config:
         environment["TF_CONFIG"] = json.dumps(tf_config)

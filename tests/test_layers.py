@@ -1,8 +1,8 @@
 """Tests for models/layers.py: the transforms' shapes and their configuration.
 
-The expected configuration is the one of /work/shared/ARCHITECTURE.md ("Shared transforms"):
-every conv is a 5x5 `tfc.SignalConv2D` with zero "same" padding and a bias; "down" is a
-correlation with stride 2, "up" a convolution (corr=False) upsampling by 2.
+The expected configuration is the one of the project brief ARCHITECTURE.md ("Shared
+transforms"): every conv is a 5x5 `tfc.SignalConv2D` with zero "same" padding and a bias;
+"down" is a correlation with stride 2, "up" a convolution (corr=False) upsampling by 2.
 """
 import math
 

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from helpers import ROOT
 from pipeline import metrics, ms_ssim
 
 RNG = np.random.default_rng(0)
@@ -162,7 +163,7 @@ def _eager_ms_ssim(reference, decoded):
                                           filter_size=metrics.MS_SSIM_FILTER_SIZE))
 
 
-KODAK = os.environ.get("KODAK_DIR", "/work/shared/kodak")
+KODAK = os.environ.get("KODAK_DIR", os.path.join(ROOT, "data", "kodak"))
 
 
 @pytest.mark.skipif(not os.path.isdir(KODAK), reason=f"no Kodak images at {KODAK} (KODAK_DIR)")

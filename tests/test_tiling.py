@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import smooth_image
+from helpers import ROOT
 from codec.image import pad_to_multiple, pyramid
 from models import tiling
 from models.config import ModelConfig
@@ -160,8 +161,6 @@ def test_last_layer_only_tiled_decode_matches():
 
 
 _ALLOCATOR_PROBE = r"""
-import sys
-sys.path.insert(0, {repo!r})
 import codec.streams  # noqa: F401 (chooses the allocator before any tensor exists)
 import tensorflow as tf
 
@@ -181,16 +180,13 @@ def test_codec_processes_return_freed_tensors_to_the_system():
     """A process that imports the codec frees large tensors back to the system (the oneDNN
     BFC pool would keep them resident: coding's peak memory then ratchets up)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"}
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE.format(repo=repo)], env=env,
+    out = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=120, check=True)
     held, after = (float(v) for v in out.stdout.split())
     assert held - after > 200, (held, after)
 
 
 _FRAGMENTATION_PROBE = r"""
-import sys
-sys.path.insert(0, {repo!r})
 import codec.streams  # noqa: F401 (sets glibc's mmap threshold)
 import numpy as np
 
@@ -213,9 +209,8 @@ def test_codec_processes_give_back_every_freed_buffer_of_a_megabyte_or_more():
     in use go back to the system instead of staying in a fragmented heap (where coding's
     resident size crept up stage after stage)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", _FRAGMENTATION_PROBE.format(repo=repo)],
-                         env=env, capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run([sys.executable, "-c", _FRAGMENTATION_PROBE], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True)
     held, after = (float(v) for v in out.stdout.split())
     assert held - after > 90, (held, after)
 

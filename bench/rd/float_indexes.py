@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-
-from bench.rd.stages import REPO
 
 
 def main(argv=None):
@@ -25,7 +22,6 @@ def main(argv=None):
     parser.add_argument("--output_folder", required=True)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.path.insert(0, REPO)
     from bench.portable import set_index_path
     from codec.image import list_images
     from codec.streams import Codec

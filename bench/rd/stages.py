@@ -56,7 +56,7 @@ class Protocol:
         """Run the commands side by side (each logged); SystemExit when any fails."""
         processes = []
         for cmd in cmds:
-            text = " ".join(cmd)
+            text = " ".join(self.shown(arg) for arg in cmd)
             log("$ " + text)
             for folder in (self.work, self.out):
                 with open(os.path.join(folder, "commands.log"), "a", encoding="utf-8") as f:
@@ -66,6 +66,24 @@ class Protocol:
         for text, code in failed:
             if code != 0:
                 raise SystemExit(f"command failed with status {code}: {text}")
+
+    def shown(self, arg):
+        """`arg` as the logs record it: the interpreter as python, paths inside the repository
+        relative to it, paths under a folder given on the command line relative to that
+        folder's flag ($WORK_DIR, $OUT, $KODAK, $TRAIN_DIR): no machine's paths."""
+        if arg == self.py:
+            return "python"
+        if not os.path.isabs(arg):
+            return arg
+        if arg == REPO or arg.startswith(REPO + os.sep):
+            return os.path.relpath(arg, REPO)
+        folders = [(os.path.abspath(getattr(self.args, flag)), "$" + flag.upper())
+                   for flag in ("work_dir", "out", "kodak", "train_dir")
+                   if getattr(self.args, flag, None)]
+        for folder, name in sorted(folders, key=lambda item: -len(item[0])):
+            if arg == folder or arg.startswith(folder + os.sep):
+                return name + arg[len(folder):]
+        return arg
 
     def timed(self, name, fn):
         start = time.monotonic()
@@ -297,7 +315,8 @@ class Protocol:
                 ok = all(b2 > b1 for b1, b2 in zip(bpps, bpps[1:])) and bpps[0] > 0
                 pts = anchors.jpeg2000_layered(img, bpps, ms_ssim=not self.args.no_ms_ssim) \
                     if ok else None
-                docs.append(dict(image=p, target_bpp=bpps, points=pts))
+                docs.append(dict(image=os.path.basename(p), target_bpp=bpps,
+                                 points=pts))
             with open(path, "w") as f:
                 json.dump(docs, f, indent=1)
             log(f"JPEG 2000 layered (matched): {time.monotonic() - start:.0f} s")
@@ -313,7 +332,8 @@ class Protocol:
                        for t in RESOLUTION_TARGETS_BPP]
                 single = [anchors.jpeg2000_single_sweep(level, RESOLUTION_TARGETS_BPP,
                                                          ms_ssim=False) for level in levels]
-                docs.append(dict(image=p, resolution_levels=res, single=single))
+                docs.append(dict(image=os.path.basename(p), resolution_levels=res,
+                                 single=single))
             with open(path, "w") as f:
                 json.dump(docs, f, indent=1)
             log(f"JPEG 2000 resolution anchors: {time.monotonic() - start:.0f} s")
@@ -343,7 +363,7 @@ class Protocol:
             curves = {path: self.load_eval(f"portable_{name}_{path}")
                       for path in ("exact", "float")}
             comparisons[name] = portable_comparison(
-                curves, dict(exact=exact_dir, float=float_dir),
+                curves, dict(exact=self.shown(exact_dir), float=self.shown(float_dir)),
                 dict(exact=self.done_step(exact_dir), float=self.done_step(float_dir)))
             log(f"portable {name}: BD-rate exact vs float "
                 f"{comparisons[name]['bd_rate_percent']} %")
@@ -385,4 +405,6 @@ class Protocol:
                     spatial_patchsize=a.spatial_patchsize, spatial_batchsize=a.spatial_batchsize,
                     spatial_steps=a.spatial_steps, tfrecord_patchsize=a.tfrecord_patchsize,
                     tfrecord_examples=a.tfrecord_examples,
-                    train_dir=a.train_dir, kodak=a.kodak, max_images=a.max_images, seed=a.seed)
+                    train_dir=self.shown(os.path.abspath(a.train_dir)),
+                    kodak=self.shown(os.path.abspath(a.kodak)), max_images=a.max_images,
+                    seed=a.seed)
