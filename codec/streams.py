@@ -119,18 +119,21 @@ class Codec:
     def check_container(self, container, num_layers=None):
         """The first `num_layers` (all complete ones when None) layers of a parsed .lsic
         file (codec/container.py), checked against this model: their streams."""
-        held = len(container.layers)
-        if num_layers is None:
-            num_layers = held
-        num_layers = self.check_num_layers(num_layers)
-        container_module.check_available(container, num_layers)
-        parent = None
-        for index, layer in enumerate(container.layers[:num_layers]):
+        def check(index, parent):
+            layer = container.layers[index]
             bitstream.check_layer(
                 layer.stream, layer.source, index, parent, layer_names=self.config.layer_names,
                 mode=self.config.mode, config_digest=self.config_digest,
                 weights_digest=self.weights_digest, tables_digest=self.tables_digest)
-            parent = (f"layer {layer.stream.layer_name}", layer.data)
+            return f"layer {layer.stream.layer_name}", layer.data
+
+        check(0, None)  # another mode or model: said before any count
+        num_layers = self.check_num_layers(
+            len(container.layers) if num_layers is None else num_layers)
+        container_module.check_available(container, num_layers)
+        parent = None
+        for index in range(num_layers):
+            parent = check(index, parent)
         return container.layers[:num_layers]
 
     def check_streams(self, folder, num_layers=None):
