@@ -7,7 +7,7 @@ For each mode, with its shipped model: one fresh process compresses the image (a
 streams only: a sender's work) 1 + --runs times, another decompresses it (top layer only:
 a receiver's work) 1 + --runs times. Each reports its start-up (imports, model load), its
 first call and the median of the later ones; overhead = first - steady, measured in the same
-process, so that the load of a shared machine counts the same on both sides. Both go through
+process, in wall and in process CPU seconds (the steadier figure on a loaded machine). Both go through
 codec.streams.Codec (stream files in a temporary folder), which a --baseline tree (e.g. a
 `git archive` of main) has too: its processes run the same measurement on its code, one
 after the other with ours. Then the whole-process wall time of `lsic.py compress` and
@@ -39,6 +39,7 @@ def _child(kind, mode, image_path, folder, runs):
     imported = time.monotonic()
     codec = Codec(load_trained_model(os.path.join("pretrained", mode), mode))
     loaded = time.monotonic()
+    process_cpu_at_load = time.process_time()  # imports and model load, CPU seconds
     image = read_image(image_path)
     n = codec.config.num_layers
     levels = pyramid(image, n) if mode == "spatial" else [image] * n
@@ -46,16 +47,19 @@ def _child(kind, mode, image_path, folder, runs):
         call = lambda: codec.encode(levels, folder, reconstruct=False)  # noqa: E731
     else:
         call = lambda: codec.decode(folder, last_only=True)  # noqa: E731
-    times = []
+    times, cpu = [], []
     for _ in range(1 + runs):
-        start = time.monotonic()
+        start, start_cpu = time.monotonic(), time.process_time()
         call()
         times.append(time.monotonic() - start)
-    steady = statistics.median(times[1:])
+        cpu.append(time.process_time() - start_cpu)
+    steady, steady_cpu = statistics.median(times[1:]), statistics.median(cpu[1:])
     print(json.dumps(dict(kind=kind, mode=mode, imports=imported - started,
                           load=loaded - imported, first=times[0], steady=steady,
                           later=times[1:], overhead=times[0] - steady,
-                          ratio=times[0] / steady)), flush=True)
+                          ratio=times[0] / steady, first_cpu=cpu[0], steady_cpu=steady_cpu,
+                          overhead_cpu=cpu[0] - steady_cpu,
+                          load_cpu=process_cpu_at_load)), flush=True)
 
 
 def _spawn(tree, *args):
@@ -116,12 +120,16 @@ def measure(image_path, modes, runs, baseline=None):
 
 
 def report(results):
-    lines = [f"{'tree':<9}{'mode':<9}{'call':<11}{'imports':>8}{'load':>7}{'first':>8}"
-             f"{'steady':>8}{'overhead':>9}{'ratio':>7}"]
+    lines = ["wall seconds (imports, load, first call, steady call, first - steady), then the "
+             "same calls in process CPU seconds",
+             f"{'tree':<9}{'mode':<9}{'call':<11}{'imports':>8}{'load':>7}{'first':>8}"
+             f"{'steady':>8}{'overhead':>9} |{'cpu:start':>10}{'first':>7}{'steady':>7}"
+             f"{'overhead':>9}"]
     for r in results["rows"]:
         lines.append(f"{r['tree']:<9}{r['mode']:<9}{r['kind']:<11}{r['imports']:>8.2f}"
                      f"{r['load']:>7.2f}{r['first']:>8.2f}{r['steady']:>8.2f}"
-                     f"{r['overhead']:>9.2f}{r['ratio']:>7.1f}")
+                     f"{r['overhead']:>9.2f} |{r['load_cpu']:>10.2f}{r['first_cpu']:>7.2f}"
+                     f"{r['steady_cpu']:>7.2f}{r['overhead_cpu']:>9.2f}")
     for mode, wall in results["lsic_wall"].items():
         lines.append(f"lsic.py {mode}: whole process compress {wall['compress']:.2f} s, "
                      f"decompress {wall['decompress']:.2f} s, info {wall['info']:.2f} s")
