@@ -69,6 +69,10 @@ class BitstreamError(SettingsError, ValueError):
     """A stream file that is missing, damaged or does not fit the model / other layers."""
 
 
+class TruncatedError(BitstreamError):
+    """The data end inside a stream (a cut file, or a damaged length that points past it)."""
+
+
 @dataclasses.dataclass
 class LayerStream:
     """The decoded content of one layer's stream file."""
@@ -193,13 +197,13 @@ class _Reader:
         self.source = source
         self.position = 0
 
-    def error(self, problem):
-        return BitstreamError(f"{self.source}: {problem}")
+    def error(self, problem, kind=BitstreamError):
+        return kind(f"{self.source}: {problem}")
 
     def take(self, size, field):
         end = self.position + size
         if end > len(self.data):
-            raise self.error(f"truncated (the file ends inside the {field})")
+            raise self.error(f"truncated (the file ends inside the {field})", TruncatedError)
         chunk = self.data[self.position:end]
         self.position = end
         return chunk
@@ -226,12 +230,27 @@ def decode(data, source="<bytes>"):
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"decode() takes bytes, got {type(data).__name__}")
     data = bytes(data)
-    reader = _Reader(data, source)
     if not data:
-        raise reader.error("empty file")
-    if not data.startswith(MAGIC):
-        if len(data) < len(MAGIC) and MAGIC.startswith(data):
-            raise reader.error("truncated (the file ends inside the magic)")
+        raise BitstreamError(f"{source}: empty file")
+    stream, end = decode_prefix(data, source)
+    if end != len(data):
+        raise BitstreamError(f"{source}: {len(data) - end} unexpected bytes after the checksum")
+    return stream
+
+
+def decode_prefix(data, source="<bytes>", start=0):
+    """Parses and checks the one stream that starts at data[start:] (a stream carries its own
+    length: its fields end with the CRC); returns (LayerStream, the offset where it ends).
+
+    Raises TruncatedError when the data end inside it, BitstreamError for any other problem.
+    """
+    data = bytes(data)
+    reader = _Reader(data, source)
+    reader.position = start
+    head = data[start:start + len(MAGIC)]
+    if head != MAGIC:
+        if len(head) < len(MAGIC) and MAGIC.startswith(head):
+            raise reader.error("truncated (the file ends inside the magic)", TruncatedError)
         raise reader.error("not a .tfci stream of this codec")
     reader.take(len(MAGIC), "magic")
     version = reader.u8("version")
@@ -260,10 +279,8 @@ def decode(data, source="<bytes>"):
         symbol_crcs.append(int.from_bytes(reader.take(_CRC_SIZE, "symbol checksums"), "big"))
     body_end = reader.position
     crc = reader.take(_CRC_SIZE, "checksum")
-    if zlib.crc32(data[:body_end]).to_bytes(_CRC_SIZE, "big") != crc:
+    if zlib.crc32(data[start:body_end]).to_bytes(_CRC_SIZE, "big") != crc:
         raise reader.error("corrupt (checksum mismatch)")
-    if reader.position != len(data):
-        raise reader.error(f"{len(data) - reader.position} unexpected bytes after the checksum")
 
     if mode_code >= len(MODES):
         raise reader.error(f"unknown scalability mode code {mode_code}")
@@ -279,7 +296,7 @@ def decode(data, source="<bytes>"):
     problem = _find_problem(stream)
     if problem:
         raise reader.error(problem)
-    return stream
+    return stream, reader.position
 
 
 def write_stream(path, stream):
@@ -318,9 +335,8 @@ def read_layer_streams(folder, layer_names, num_layers, *, mode,
     """Reads and cross-checks stream_<name>.tfci for the first `num_layers` of `layer_names`.
 
     `layer_names` are all the model's layer names, base first. Each file must
-    decode, match `mode`, the model's layer count, its position and name, the
-    given digests (when not None), and chain to the layer below through
-    parent_digest. Returns the LayerStreams, base first.
+    decode and pass check_layer (mode, layer count, position and name, digests,
+    parent). Returns the LayerStreams, base first.
     """
     if mode not in MODES:
         raise ValueError(f"unknown scalability mode {mode!r}: use one of {', '.join(MODES)}")
@@ -328,33 +344,46 @@ def read_layer_streams(folder, layer_names, num_layers, *, mode,
         raise ValueError(f"cannot decode {num_layers} layers: the model has layers "
                          f"{', '.join(layer_names)}; pick 1..{len(layer_names)}")
     streams = []
-    parent_file, parent_data = None, None
+    parent = None
     for index, name in enumerate(layer_names[:num_layers]):
         path = os.path.join(folder, stream_filename(name))
         data = _read_file(path, f"layer {name} is needed to decode {num_layers} layers: "
                                 f"put all of {', '.join(layer_names[:num_layers])} in one folder")
         stream = decode(data, source=path)
-        if stream.mode != mode:
-            raise BitstreamError(
-                f"{path}: is a {stream.mode}-scalable stream but the model is {mode}-scalable: "
-                f"decode with the {stream.mode} model that encoded it")
-        if stream.num_layers != len(layer_names):
-            raise BitstreamError(
-                f"{path}: made by a {stream.num_layers}-layer model but this model has "
-                f"{len(layer_names)} layers: decode with the checkpoint that encoded it")
-        if stream.layer_index != index or stream.layer_name != name:
-            raise BitstreamError(
-                f"{path}: holds layer {stream.layer_name} (index {stream.layer_index}), "
-                f"not {name} (index {index}): the file was renamed or misplaced")
-        _check_digest(path, "config", stream.config_digest, config_digest,
-                      "model configuration")
-        _check_digest(path, "weights", stream.weights_digest, weights_digest,
-                      "checkpoint")
-        _check_digest(path, "tables", stream.tables_digest, tables_digest,
-                      "set of coding tables")
-        if index > 0 and stream.parent_digest != stream_digest(parent_data):
-            raise BitstreamError(
-                f"{path}: does not belong to the same image/encoding as {parent_file}")
+        check_layer(stream, path, index, parent, layer_names=layer_names, mode=mode,
+                    config_digest=config_digest, weights_digest=weights_digest,
+                    tables_digest=tables_digest)
         streams.append(stream)
-        parent_file, parent_data = stream_filename(name), data
+        parent = (stream_filename(name), data)
     return streams
+
+
+def check_layer(stream, source, index, parent, *, layer_names=None, mode=None,
+                config_digest=None, weights_digest=None, tables_digest=None):
+    """Check that `stream` (read from `source`) is layer `index` of the model and of the
+    encoding whose layer index-1 is parent = (its source, its bytes; None for the base).
+
+    Every expected value given (not None) must match: the mode, the layer names (their count
+    and this layer's name), the digests. BitstreamError naming `source` otherwise.
+    """
+    if mode is not None and stream.mode != mode:
+        raise BitstreamError(
+            f"{source}: is a {stream.mode}-scalable stream but the model is {mode}-scalable: "
+            f"decode with the {stream.mode} model that encoded it")
+    if layer_names is not None and stream.num_layers != len(layer_names):
+        raise BitstreamError(
+            f"{source}: made by a {stream.num_layers}-layer model but this model has "
+            f"{len(layer_names)} layers: decode with the checkpoint that encoded it")
+    name = stream.layer_name if layer_names is None else layer_names[index]
+    if stream.layer_index != index or stream.layer_name != name:
+        raise BitstreamError(
+            f"{source}: holds layer {stream.layer_name} (index {stream.layer_index}), "
+            f"not {name} (index {index}): the file was renamed or misplaced")
+    _check_digest(source, "config", stream.config_digest, config_digest,
+                  "model configuration")
+    _check_digest(source, "weights", stream.weights_digest, weights_digest, "checkpoint")
+    _check_digest(source, "tables", stream.tables_digest, tables_digest,
+                  "set of coding tables")
+    if index > 0 and stream.parent_digest != stream_digest(parent[1]):
+        raise BitstreamError(
+            f"{source}: does not belong to the same image/encoding as {parent[0]}")

@@ -43,6 +43,7 @@ def _fix_malloc_mmap_threshold():
 _fix_malloc_mmap_threshold()
 
 from codec import bitstream  # noqa: E402
+from codec import container as container_module  # noqa: E402
 from codec.image import pad_to_multiple, write_file_atomic, write_png  # noqa: E402
 from models.config import DEFAULT_TILE, ConfigError  # noqa: E402
 from models.scalable import PAD_MULTIPLE, DecodingError  # noqa: E402
@@ -86,6 +87,16 @@ class Codec:
         """As encode, but yields each layer's (bytes, bits, reconstruction) once its stream
         file is written, so that a caller dropping each reconstruction holds one at a time."""
         os.makedirs(folder, exist_ok=True)
+        for name, (data, bits, reconstruction) in zip(
+                self.config.layer_names, self.encode_streams(levels, reconstruct)):
+            write_file_atomic(os.path.join(folder, bitstream.stream_filename(name)), data)
+            yield len(data), bits, reconstruction
+            del reconstruction
+
+    def encode_streams(self, levels, reconstruct=True):
+        """Code the first len(levels) layers: yields per layer (its stream's bytes, estimated
+        bits, encoder-side reconstruction at the level's size; None with reconstruct=False).
+        The one encoder of the eval scripts (files), the .lsic container and the API."""
         parent = bitstream.BASE_PARENT_DIGEST
         codes = self.model.compress_layers(_padded_once(levels), reconstruct, self.tile)
         for k, (name, level, code) in enumerate(zip(self.config.layer_names, levels, codes)):
@@ -97,14 +108,33 @@ class Codec:
                 shapes=tuple(code["shapes"]), strings=tuple(code["strings"]),
                 symbol_crcs=tuple(map(bitstream.symbols_checksum, code["symbols"])))
             data = bitstream.encode(stream)
-            write_file_atomic(os.path.join(folder, bitstream.stream_filename(name)), data)
             parent = bitstream.stream_digest(data)
             height, width = level.shape[:2]
             bits, reconstruction = code["bits"], code["reconstruction"]
             del code, stream
-            yield (len(data), bits,
+            yield (data, bits,
                    None if reconstruction is None else reconstruction[:height, :width])
             del reconstruction
+
+    def check_container(self, container, num_layers=None):
+        """The first `num_layers` (all complete ones when None) layers of a parsed .lsic
+        file (codec/container.py), checked against this model: their streams."""
+        def check(index, parent):
+            layer = container.layers[index]
+            bitstream.check_layer(
+                layer.stream, layer.source, index, parent, layer_names=self.config.layer_names,
+                mode=self.config.mode, config_digest=self.config_digest,
+                weights_digest=self.weights_digest, tables_digest=self.tables_digest)
+            return f"layer {layer.stream.layer_name}", layer.data
+
+        check(0, None)  # another mode or model: said before any count
+        num_layers = self.check_num_layers(
+            len(container.layers) if num_layers is None else num_layers)
+        container_module.check_available(container, num_layers)
+        parent = None
+        for index in range(num_layers):
+            parent = check(index, parent)
+        return container.layers[:num_layers]
 
     def check_streams(self, folder, num_layers=None):
         """Read and check the first `num_layers` streams in `folder` (BitstreamError if bad)."""
@@ -127,55 +157,65 @@ class Codec:
     def decode_streams(self, folder, streams, last_only=False, keep_images=True):
         """Decode already checked streams (from check_streams) into rec PNGs in `folder`.
 
-        Every layer's entropy-decoded symbols are verified against the checksums in its
-        header before any PNG is written; a mismatch, or any TensorFlow error while
-        decoding, is a BitstreamError naming the layer's file. Each layer's PNG is written
-        to a hidden pending file as soon as it is synthesized and renamed into place once
-        every layer is verified (removed on an error), so one reconstruction is held at a
-        time. Returns (reconstructions, sizes in bytes of the streams); with
-        keep_images=False the reconstructions are dropped and their entries are the PNGs'
-        paths instead (None where last_only skipped a layer).
+        Each layer's PNG is written to a hidden pending file as soon as it is synthesized
+        (decoded_images verifies its symbols first) and renamed into place once every layer
+        is verified (removed on an error), so one reconstruction is held at a time. Returns
+        (reconstructions, sizes in bytes of the streams); with keep_images=False the
+        reconstructions are dropped and their entries are the PNGs' paths instead (None
+        where last_only skipped a layer).
         """
-        def path(stream):
-            return os.path.join(folder, bitstream.stream_filename(stream.layer_name))
-
         pending, images = [], []
+        sources = [os.path.join(folder, bitstream.stream_filename(s.layer_name))
+                   for s in streams]
         try:
-            decoded = self.model.iter_decode([(s.strings, s.shapes) for s in streams],
-                                             last_only, self.tile)
-            for stream, layer in zip(streams, decoded):
-                found = tuple(map(bitstream.symbols_checksum, layer["symbols"]))
-                if found != stream.symbol_crcs:
-                    raise bitstream.BitstreamError(
-                        f"{path(stream)}: layer {stream.layer_name}: the entropy-decoded "
-                        "symbols do not match the encoder's checksum (a damaged payload, or a "
-                        "decoder out of step with the encoder): nothing written for it")
-                image = layer.pop("reconstruction")
-                del layer
+            for stream, image in self.decoded_images(streams, sources, last_only):
                 if image is None:
                     images.append(None)
                     continue
-                height, width = stream.image_size
-                image = image[:height, :width]
                 final = os.path.join(folder, rec_filename(stream.layer_name))
                 pending.append((os.path.join(folder, f".{rec_filename(stream.layer_name)}"
                                                      ".pending"), final))
                 write_png(pending[-1][0], image)
                 images.append(image if keep_images else final)
                 del image
-        except DecodingError as error:
-            stream = next(s for s in streams if s.layer_name == error.layer_name)
-            _remove(name for name, _ in pending)
-            raise bitstream.BitstreamError(
-                f"{path(stream)}: {error}: the file is damaged, or was not made by this "
-                "codec's checkpoint") from None
         except BaseException:
             _remove(name for name, _ in pending)
             raise
         for name, final in pending:
             os.replace(name, final)
-        sizes = [os.path.getsize(path(s)) for s in streams]
-        return images, sizes
+        return images, [os.path.getsize(path) for path in sources]
+
+    def decoded_images(self, streams, sources, last_only=False):
+        """Decode checked streams (base first): yields per layer (stream, its uint8 image at
+        the layer's size; None where last_only skips it).
+
+        Each layer's entropy-decoded symbols are verified against the checksums in its
+        header before its image is yielded; a mismatch, or any TensorFlow error while
+        decoding, is a BitstreamError naming the layer's source (sources[k]).
+        """
+        decoded = self.model.iter_decode([(s.strings, s.shapes) for s in streams],
+                                         last_only, self.tile)
+        index = 0
+        try:
+            for index, (stream, layer) in enumerate(zip(streams, decoded)):
+                found = tuple(map(bitstream.symbols_checksum, layer["symbols"]))
+                if found != stream.symbol_crcs:
+                    raise bitstream.BitstreamError(
+                        f"{sources[index]}: layer {stream.layer_name}: the entropy-decoded "
+                        "symbols do not match the encoder's checksum (a damaged payload, or a "
+                        "decoder out of step with the encoder): nothing written for it")
+                image = layer.pop("reconstruction")
+                del layer
+                if image is not None:
+                    height, width = stream.image_size
+                    image = image[:height, :width]
+                yield stream, image
+                del image
+        except DecodingError as error:
+            index = next(k for k, s in enumerate(streams) if s.layer_name == error.layer_name)
+            raise bitstream.BitstreamError(
+                f"{sources[index]}: {error}: the file is damaged, or was not made by this "
+                "codec's checkpoint") from None
 
 
 def _remove(paths):

@@ -139,7 +139,22 @@ def zero_pad_to_multiple(tensor, multiple):
     return tf.pad(tensor, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
 
 
-class AnalysisTransform(tf.keras.Sequential):
+class Sequential(tf.keras.Sequential):
+    """A Keras Sequential that calls its layers in order, as written.
+
+    Keras's Sequential otherwise builds a symbolic graph network on its first call, running
+    every layer through autograph: about 8 of the 11 s it took to build the shipped quality
+    model. The variables, their order and the checkpoints are the same either way (the
+    variables' name scopes differ: pipeline/pretrained.py compares names by suffix).
+    """
+
+    def __init__(self, layers=None, name=None):
+        super().__init__(layers, name=name)
+        # Keras 2.14's switch for the plain in-order call (no inferred-shape graph network).
+        self._use_legacy_deferred_behavior = True
+
+
+class AnalysisTransform(Sequential):
     """A(F): four stride-2 convolutions, GDN after the first three; downsamples by 16."""
 
     def __init__(self, filters, name=None):
@@ -148,7 +163,7 @@ class AnalysisTransform(tf.keras.Sequential):
             self.add(conv(filters, "down", act, name=f"layer_{i}"))
 
 
-class SynthesisTransform(tf.keras.Sequential):
+class SynthesisTransform(Sequential):
     """S(F): three upsampling convolutions with IGDN, then one to 3 channels; upsamples by 16."""
 
     def __init__(self, filters, name=None):
@@ -158,7 +173,7 @@ class SynthesisTransform(tf.keras.Sequential):
         self.add(conv(3, "up", None, name="layer_3"))
 
 
-class UpTransform(tf.keras.Sequential):
+class UpTransform(Sequential):
     """U(F) of the spatial model: upsampling conv then two stride-1 transposed convs; linear."""
 
     def __init__(self, filters, name=None):

@@ -7,6 +7,7 @@ Subclasses supply which image each layer analyses (`levels`) and how the context
 (`extend_context`, `context_channels`).
 """
 
+import functools
 import hashlib
 import types
 
@@ -59,9 +60,9 @@ class ScalableModel(tf.keras.Model):
             for k in range(1, config.num_layers)]
         self.entropy = [make_entropy_model(config.entropy_model, f, name=f"entropy_{n}")
                         for n, f in zip(names, filters)]
-        # Traced coding functions, one per layer; a plain namespace so Keras does not track it.
-        self._coding = types.SimpleNamespace(encoders={}, decoders={}, analyses={},
-                                              syntheses={}, ready=False, tables_digest=None)
+        # Traced transforms, one per layer; a plain namespace so Keras does not track it.
+        self._coding = types.SimpleNamespace(analyses={}, syntheses={}, ready=False,
+                                              tables_digest=None)
 
     # --- what the two modes supply ---------------------------------------------------------
     def levels(self, inputs):
@@ -193,8 +194,7 @@ class ScalableModel(tf.keras.Model):
             entropy_model.load_tables({key[len(prefix):]: value for key, value in tables.items()
                                        if key.startswith(prefix)})
         set_kernels_frozen(self, True)
-        for table in (self._coding.encoders, self._coding.decoders,
-                      self._coding.analyses, self._coding.syntheses):
+        for table in (self._coding.analyses, self._coding.syntheses):
             table.clear()
         self._coding.tables_digest = tables_digest(tables)
         self._coding.ready = True
@@ -226,23 +226,21 @@ class ScalableModel(tf.keras.Model):
     def _context_spec(self, k):
         return tf.TensorSpec((1, None, None, self.context_channels(k)), tf.float32)
 
+    # The entropy coding of a layer (prediction, hyperprior, integer hyper-synthesis, range
+    # coder: about a thousand small ops) runs eagerly. Tracing it cost 1-3 s per layer and
+    # direction on the first image (10 of the shipped quality model's 11 s to the first
+    # stream), for 0.02-0.07 s per layer saved on every later one (bench/first_image.py).
+    # The transforms, whose big convolutions gain from the graph's fused kernels, are traced.
     def _encoder(self, k):
-        specs = [tf.TensorSpec((1, None, None, self.config.filters[k]), tf.float32)]
-        return self._traced(self._coding.encoders, k, self._encode_layer,
-                            specs + ([self._context_spec(k - 1)] if k > 0 else []))
+        return functools.partial(self._encode_layer, k)
 
     def _decoder(self, k):
-        entropy_model = self.entropy[k]
-        specs = [[tf.TensorSpec((1,), tf.string)] * entropy_model.num_strings,
-                 entropy_model.shape_specs()]
-        return self._traced(self._coding.decoders, k, self._decode_layer,
-                            specs + ([self._context_spec(k - 1)] if k > 0 else []))
+        return functools.partial(self._decode_layer, k)
 
     def coding_trace_counts(self):
         """How many traced coding functions exist and how often they were traced in all;
         the two are equal when nothing was retraced."""
-        functions = [f for table in (self._coding.encoders, self._coding.decoders,
-                                     self._coding.analyses, self._coding.syntheses)
+        functions = [f for table in (self._coding.analyses, self._coding.syntheses)
                      for f in table.values()]
         return dict(functions=len(functions),
                     traces=sum(f.experimental_get_tracing_count() for f in functions))

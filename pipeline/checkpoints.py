@@ -74,6 +74,12 @@ def save_weights(model, directory):
     return path
 
 
+def _same_variable(saved, name):
+    """Whether a saved variable name is `name` up to its outer name scopes, which depend on
+    how Keras built the layers (models/layers.Sequential), not on the variable."""
+    return saved == name or name.endswith("/" + saved) or saved.endswith("/" + name)
+
+
 def load_weights(model, directory):
     """Assign the float16 weights of `directory` to `model` (built from its config.json)."""
     path = os.path.join(directory, WEIGHTS_NAME)
@@ -83,7 +89,8 @@ def load_weights(model, directory):
             values = [arrays[f"w{index:04d}"] for index in range(len(names))]
     except (OSError, KeyError, ValueError) as error:
         raise PretrainedError(f"'{path}' is not a readable weights file ({error})") from None
-    if names != _names(model) or any(
+    current = _names(model)
+    if len(names) != len(current) or not all(map(_same_variable, names, current)) or any(
             v.shape != tuple(w.shape) for v, w in zip(values, model.weights)):
         raise PretrainedError(f"'{path}' does not match the model of its config.json")
     for variable, value in zip(model.weights, values):

@@ -154,9 +154,10 @@ def test_last_layer_only_tiled_decode_matches():
     top = model.decompress(codes, last_only=True, tile=TILE)
     assert top[0] is None
     np.testing.assert_array_equal(top[1], full[1])
-    # Tiles of several shapes, one trace each of the per-tile transforms (relaxed shapes).
+    # Tiles of several shapes, one trace each of the per-tile transforms (relaxed shapes;
+    # the entropy coding runs eagerly).
     coding = model._coding
-    for table in (coding.analyses, coding.syntheses, coding.encoders, coding.decoders):
+    for table in (coding.analyses, coding.syntheses):
         assert table and all(f.experimental_get_tracing_count() == 1 for f in table.values())
 
 

@@ -13,7 +13,7 @@ from models import tiling
 from models.entropy.base import BITS_BAND_ELEMENTS, EntropyModel, register
 from models.entropy.coding import ChannelCoder, IndexedCoder, indexed_tables, prior_tables
 from models.entropy.integer import IntegerNetwork, fake_quantized_indexes, quantize_network
-from models.layers import conv, crop_to
+from models.layers import Sequential, conv, crop_to
 
 
 def _prefixed(tables, prefix):
@@ -38,12 +38,12 @@ class HyperpriorEntropyModel(EntropyModel):
         def sconv(filters, kernel, stride, activation, index):
             return conv(filters, stride, activation, name=f"layer_{index}", kernel=kernel)
 
-        self.hyper_analysis = tf.keras.Sequential([
+        self.hyper_analysis = Sequential([
             sconv(hyper_filters, 3, "1", tf.nn.relu, 0),
             sconv(hyper_filters, 5, "down", tf.nn.relu, 1),
             sconv(hyper_filters, 5, "down", None, 2),
         ], name="hyper_analysis")
-        self.hyper_synthesis = tf.keras.Sequential([
+        self.hyper_synthesis = Sequential([
             sconv(hyper_filters, 5, "up", tf.nn.relu, 0),
             sconv(hyper_filters, 5, "up", tf.nn.relu, 1),
             sconv(channels, 3, "1", None, 2),
