@@ -1,5 +1,5 @@
 """AVIF: libaom through libavif's avifenc (4:4:4, 8 bits, full range, constant quality
-``cq-level``, speed 2), decoded by avifdec.  avifenc converts RGB to YCbCr itself (BT.601,
+``cq-level``, speed 4), decoded by avifdec.  avifenc converts RGB to YCbCr itself (BT.601,
 full range); at cq-level 0 the round trip is 52.4 dB on kodim01.  The rate is the .avif file
 (the ISOBMFF boxes included, about 300 bytes)."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from codec import image as image_lib
 NAME = "AVIF"
 REQUIRES = ("avifenc", "avifdec")
 CQ_LEVELS = (58, 52, 46, 40, 34, 28, 22, 16)  # about 0.1 to 2 bpp on Kodak
-SPEED = 2
+SPEED = 4
 ENCODE = ("avifenc -j 1 -c aom -s {speed} -y 444 -d 8 -r full --min 0 --max 63 "
           "-a end-usage=q -a cq-level={q} -a tune=psnr {png} {avif}")
 DECODE = "avifdec -j 1 {avif} {png}"

@@ -17,7 +17,7 @@ STEMS = {
                   "decoded by ffmpeg; rate = Annex-B bitstream bytes",
     "jxl": "JPEG XL, libjxl 0.11 (imagecodecs wheel), effort 7, distance sweep; rate = "
            "codestream bytes",
-    "avif": "AVIF, avifenc (libaom), speed 2, 4:4:4 8-bit full range, end-usage=q cq-level "
+    "avif": "AVIF, avifenc (libaom), speed 4, 4:4:4 8-bit full range, end-usage=q cq-level "
             "sweep; rate = .avif file bytes",
     "jxl_progressive": "ONE progressive JPEG XL file per image (libjxl 0.11, effort 7, "
                        "qprogressive AC), decoded from its first floor(R_k * pixels / 8) "
