@@ -71,7 +71,7 @@ def _as_uint8_rgb(image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _point(ref: np.ndarray, dec: np.ndarray, num_bytes: int, with_ms_ssim: bool = True,
+def rd_point(ref: np.ndarray, dec: np.ndarray, num_bytes: int, with_ms_ssim: bool = True,
            **extra) -> Dict:
     """One RD point from reference and decoded uint8 RGB pixels and a real byte count.
 
@@ -334,7 +334,7 @@ def jpeg2000_layered(image, bpps: Sequence[float], verify: bool = False,
             forced = _j2k_decode(full, layers=k)
             if not np.array_equal(forced, dec):
                 raise AssertionError(f"layer {k}: truncated stream and layers={k} decode differ")
-        points.append(_point(img, dec, len(data), ms_ssim, layer=k, target_bpp=bpps[k - 1]))
+        points.append(rd_point(img, dec, len(data), ms_ssim, layer=k, target_bpp=bpps[k - 1]))
     return points
 
 
@@ -343,7 +343,7 @@ def jpeg2000_single(image, bpp: float, ms_ssim: bool = True) -> Dict:
     is the size of the raw codestream as written by OpenJPEG (no PLT, no JP2 boxes)."""
     img = _as_uint8_rgb(image)
     data = _j2k_encode(img, [_ratio(bpp)], "LRCP", plt=False)
-    return _point(img, _j2k_decode(data), len(data), ms_ssim, target_bpp=float(bpp))
+    return rd_point(img, _j2k_decode(data), len(data), ms_ssim, target_bpp=float(bpp))
 
 
 def jpeg2000_single_sweep(image, bpps: Iterable[float], ms_ssim: bool = True) -> List[Dict]:
@@ -388,7 +388,7 @@ def jpeg2000_resolution_levels(image, levels: int = 3, target_bpp: Optional[floa
         if dec.shape[:2] != (lh, lw):
             raise RuntimeError(f"decoded size {dec.shape[:2]} != pyramid size {(lh, lw)}")
         ref = img if reduce == 0 else np.asarray(image_lib.downsample(img, (lh, lw)))
-        points.append(_point(ref, dec, len(data), ms_ssim, reduce=reduce, height=lh, width=lw,
+        points.append(rd_point(ref, dec, len(data), ms_ssim, reduce=reduce, height=lh, width=lw,
                              target_bpp=None if target_bpp is None else float(target_bpp)))
     return points
 
@@ -404,7 +404,7 @@ def _pillow_sweep(img: np.ndarray, fmt: str, qualities: Iterable[int], ms_ssim: 
         buf = io.BytesIO()
         Image.fromarray(img, "RGB").save(buf, format=fmt, quality=int(q), **kwargs)
         data = buf.getvalue()
-        points.append(_point(img, _decode_rgb(data), len(data), ms_ssim, quality=int(q)))
+        points.append(rd_point(img, _decode_rgb(data), len(data), ms_ssim, quality=int(q)))
     return points
 
 

@@ -1,6 +1,6 @@
 """The first image of a fresh process against the steady state (issue 23).
 
-    python -m bench.first_image [--image kodim01.png] [--modes quality,spatial] [--runs 3]
+    python -m bench.first_image --image KODAK/kodim01.png [--modes quality,spatial] [--runs 3]
         [--baseline DIR] [--out bench/results/first_image.json]
 
 For each mode, with its shipped model: one fresh process compresses the image (all layers,
@@ -25,7 +25,6 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_IMAGE = "/work/shared/kodak/kodim01.png"
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "first_image.json")
 TARGET_OVERHEAD = 3.0  # seconds: the issue's bound on first - steady
 
@@ -114,7 +113,7 @@ def measure(image_path, modes, runs, baseline=None):
                 compress=_wall("compress", image_path, path, "--model", mode),
                 decompress=_wall("decompress", path, os.path.join(folder, f"{mode}.png")),
                 info=_wall("info", path))
-    return dict(image=image_path, runs=runs, target_overhead=TARGET_OVERHEAD, rows=rows,
+    return dict(image=os.path.basename(image_path), runs=runs, target_overhead=TARGET_OVERHEAD, rows=rows,
                 lsic_wall=walls, jpeg2000_pillow=_jpeg2000(image_path, 3),
                 load_average=os.getloadavg())
 
@@ -146,7 +145,8 @@ def main(argv=None):
         sys.path.insert(0, os.getcwd())
         return _child(kind, mode, image_path, folder, int(runs))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default=DEFAULT_IMAGE)
+    parser.add_argument("--image", required=True,
+                        help="The photo to code (e.g. kodim01.png of Kodak).")
     parser.add_argument("--modes", default="quality,spatial")
     parser.add_argument("--runs", type=int, default=3, help="Timed calls after the first.")
     parser.add_argument("--baseline", default=None,

@@ -1,7 +1,12 @@
 """Classic-codec anchors on an image set (Kodak by default), averaged over images.
 
     .venv/bin/python -m bench.kodak_anchors [--images DIR_OR_GLOB] [--out DIR]
-        [--codecs j2k_layered,j2k_single,j2k_resolution,jpeg,webp] [--no-ms-ssim] [--verify]
+        [--codecs j2k_layered,j2k_single,j2k_resolution,jpeg,webp,hevc_intra,jxl,avif,
+                  jxl_progressive,hevc_simulcast] [--no-ms-ssim] [--verify]
+
+The bench.modern codecs (HEVC intra, JPEG XL, AVIF; JPEG XL progressive and HEVC simulcast at
+the layered JPEG 2000 rates) need their tools (docs/anchors.md); without them they are skipped
+with a message.
 
 Averages are per-point means over images of bpp, PSNR and MS-SSIM (the usual Kodak protocol).
 Writes one CompressAI-style results JSON per codec (bench.results_io) into --out, a plot
@@ -20,7 +25,9 @@ JPEG_QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 WEBP_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
 DEFAULT_IMAGES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "data", "kodak")
-CODECS = ("j2k_layered", "j2k_single", "j2k_resolution", "jpeg", "webp")
+# bench.modern's: their tools are checked first, and a codec without them is skipped
+MODERN = ("hevc_intra", "jxl", "avif", "jxl_progressive", "hevc_simulcast")
+CODECS = ("j2k_layered", "j2k_single", "j2k_resolution", "jpeg", "webp") + MODERN
 
 
 def run(images: str, out: str | None, codecs, ms_ssim: bool = True, verify: bool = False,
@@ -46,23 +53,50 @@ def run(images: str, out: str | None, codecs, ms_ssim: bool = True, verify: bool
         "webp": ("WebP", "libwebp via Pillow, method 6",
                  lambda im: anchors.webp_sweep(im, WEBP_QUALITIES, ms_ssim), False),
     }
+    from bench.modern import curves
+    from bench.rd import field
+    for stem in MODERN:
+        if stem in curves.SWEEPS:
+            module, params = curves.SWEEPS[stem]
+            jobs[stem] = (module.NAME, field.STEMS[stem],
+                          lambda im, m=module, p=params: curves.sweep(m, im, p, ms_ssim), False)
+        elif stem == "jxl_progressive":
+            jobs[stem] = (curves.MATCHED[stem][0], "one progressive JPEG XL file per image "
+                          f"decoded from prefixes of {list(J2K_BPPS)} bpp",
+                          lambda im: curves.jxl_progressive(im, J2K_BPPS, ms_ssim), True)
+        else:
+            jobs[stem] = (curves.MATCHED[stem][0], "independent HEVC intra streams nearest "
+                          f"{list(J2K_BPPS)} bpp, rates summed",
+                          lambda im: curves.simulcast(curves.hevc, curves.hevc.SEARCH_GRID, im,
+                                                      J2K_BPPS, ms_ssim), True)
     docs = {}
     for codec in codecs:
+        gone = curves.absent(codec) if codec in MODERN else []
+        if gone:
+            log(f"{codec}: skipped, {', '.join(gone)} not found here (docs/anchors.md)")
+            continue
         name, description, fn, scalable = jobs[codec]
         start = time.perf_counter()
         per_image = [fn(image_lib.read_image(p)) for p in paths]
         seconds = time.perf_counter() - start
+        if any(pts is None for pts in per_image):
+            log(f"{name}: {sum(pts is None for pts in per_image)} images skipped (a prefix too "
+                "short to render)")
+            per_image = [pts for pts in per_image if pts is not None]
+        if not per_image:
+            continue
         avg = anchors.average_points(per_image)
         log(f"{name}: {len(paths)} images, {seconds:.1f} s")
         for p in avg:
             ms = "" if p["ms_ssim"] is None else f"  MS-SSIM {p['ms_ssim']:.4f}"
             log(f"  bpp {p['bpp']:.4f}  PSNR {p['psnr']:.2f} dB{ms}  bytes {p['bytes']:.0f}")
         extra = [k for k in ("bytes", "layer", "target_bpp", "quality", "reduce", "height",
-                             "width") if k in avg[0]]
+                             "width", "param") if k in avg[0]]
+        tool = dict(tool=curves.tool(codec)) if codec in MODERN else {}
         docs[codec] = results_io.to_results(
-            name, avg, f"{description}; mean over {len(paths)} images of "
+            name, avg, f"{description}; mean over {len(per_image)} images of "
             f"{results_io.shown_path(images, '--images')}",
-            extra_point_keys=extra, scalable=scalable, seconds=round(seconds, 2))
+            extra_point_keys=extra, scalable=scalable, seconds=round(seconds, 2), **tool)
     if out:
         for codec, doc in docs.items():
             results_io.write_results(os.path.join(out, f"{codec}.json"), doc)

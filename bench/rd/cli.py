@@ -16,6 +16,8 @@ STAGES = ("train_quality", "train_single", "tfrecords", "train_spatial", "export
 TFRECORD_EXAMPLES = ("patches", "whole_images")
 # Run only when named in --stages.
 OPTIONAL_STAGES = ("portable",)
+# The anchors stage's curves: JPEG 2000 (Pillow) and bench.modern's.
+ANCHOR_CODECS = ("j2k", "hevc_intra", "jxl", "avif", "jxl_progressive", "hevc_simulcast")
 
 PROFILES = {
     # CPU scale: 1000 steps; about an hour end to end on 2 idle cores (see bench/README.md).
@@ -84,6 +86,9 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint_secs", type=float, default=120)
     p.add_argument("--preprocess_threads", type=int, default=2)
     p.add_argument("--no_ms_ssim", action="store_true", help="anchors: PSNR only")
+    p.add_argument("--anchor_codecs", default=",".join(ANCHOR_CODECS),
+                   help="anchors stage: which anchors (j2k = the JPEG 2000 ones; the others "
+                        "need their tools, docs/anchors.md, and are skipped without them)")
     p.add_argument("--models", choices=("trained", "pretrained"), default="trained",
                    help="Evaluate the checkpoints the train stages wrote under --work_dir, or "
                         "the shipped folders under pretrained/ (no training needed).")
@@ -112,6 +117,9 @@ def parse_args(argv=None):
         args.work_dir = os.path.join(REPO, "runs", "rd", args.profile)
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     args.portable_pairs = [s.strip() for s in args.portable_pairs.split(",") if s.strip()]
+    args.anchor_codecs = [s.strip() for s in args.anchor_codecs.split(",") if s.strip()]
+    if set(args.anchor_codecs) - set(ANCHOR_CODECS):
+        p.error(f"--anchor_codecs: choose from {','.join(ANCHOR_CODECS)}")
     unknown = sorted(set(args.stages) - set(STAGES + OPTIONAL_STAGES))
     if unknown:
         p.error(f"unknown stages {unknown}; choose from {STAGES + OPTIONAL_STAGES}")

@@ -8,6 +8,7 @@ from typing import Dict, List, Mapping, Sequence
 
 from bench import bd, plot, results_io
 from bench.anchors import RESOLUTION_TARGETS_BPP, average_points
+from bench.rd import field
 from bench.rd.points import layer_points, simulcast_points, single_layer_points
 from pipeline import metrics
 
@@ -73,11 +74,11 @@ def estimate_rows(name: str, results: Mapping) -> List[Dict]:
     for k, first in enumerate(results["images"][0]["layers"]):
         row = dict(model=name, layer=first["name"])
         layers = [image["layers"][k] for image in results["images"]]
-        for key, field in (("payload", "payload_bpp"), ("file", "actual_bpp")):
-            if any(layer.get(field) is None for layer in layers):
+        for key, column in (("payload", "payload_bpp"), ("file", "actual_bpp")):
+            if any(layer.get(column) is None for layer in layers):
                 row[key] = None
                 continue
-            gaps = [layer["eval_bpp"] / layer[field] - 1 for layer in layers]
+            gaps = [layer["eval_bpp"] / layer[column] - 1 for layer in layers]
             row[key] = dict(mean=sum(gaps) / len(gaps), worst=max(gaps, key=abs))
         rows.append(row)
     return rows
@@ -150,14 +151,39 @@ def aggregate(out: str, load, num_layers: int, num_levels: int, config: Mapping)
         plot.plot_rd(quality_curves, os.path.join(out, "rd_quality.png"),
                      f"Quality scalability, Kodak ({n_img} images), {config.get('steps')} "
                      "training steps")
+    field_docs = field.curves(out, num_levels)
+    for stem, doc in field_docs.items():
+        results_io.write_results(os.path.join(out, f"{stem}.json"), doc)
+    docs.update(field_docs)
+    field_names = [field_docs[s]["name"] for s in field.STEMS if s in field_docs]
+    for name in field_names:
+        quality_curves[name] = next(d for d in field_docs.values() if d["name"] == name)
+    if field_names:
+        shown = {n: quality_curves[n] for n in ("Ours-scalable", "Ours-single-layer",
+                                                 "JPEG2000-layered", "JPEG2000", *field_names)
+                 if n in quality_curves}
+        plot.plot_rd(shown, os.path.join(out, "rd_anchors_quality.png"),
+                     f"Quality: our models against the field's anchors, Kodak ({n_img} images)")
+        ours = [n for n in ("Ours-scalable", "Ours-single-layer", "Ours-simulcast")
+                if n in quality_curves]
+        anchors = [n for n in ("JPEG2000-layered", "JPEG2000", *field_names)
+                   if n in quality_curves]
+        sections.append(
+            "### Our models against each anchor (summary)\n\n"
+            "BD of our curve (test) against the anchor (reference), Akima: negative BD-rate "
+            "= ours needs fewer bits for the same quality; positive BD-PSNR = ours better at "
+            "the same rate. Scalable and simulcast rates count every layer up to k.\n\n"
+            + field.format_summary(field.summary_rows(quality_curves, ours, anchors)) + "\n"
+            + field.format_summary(field.summary_rows(quality_curves, ours, anchors,
+                                                      "ms_ssim_db")))
     if "quality_scalable" in docs:
         tests = [n for n in ("Ours-single-layer", "Ours-simulcast", "JPEG2000-layered",
-                             "JPEG2000", "WebP", "JPEG") if n in quality_curves]
+                             "JPEG2000", "WebP", "JPEG", *field_names) if n in quality_curves]
         sections.append(format_bd_section(
             "Quality: anchors against the scalable model (negative BD-rate = the anchor needs "
             "fewer bits than the scalable model)", "Ours-scalable", quality_curves, tests))
         ref_tests = [n for n in ("Ours-scalable",) if n in quality_curves]
-        for ref in ("Ours-single-layer", "Ours-simulcast", "JPEG2000-layered"):
+        for ref in ("Ours-single-layer", "Ours-simulcast", "JPEG2000-layered", *field_names):
             if ref in quality_curves:
                 sections.append(format_bd_section(
                     f"Quality: scalable model against {ref} (positive BD-rate = cost of the "
@@ -181,6 +207,7 @@ def aggregate(out: str, load, num_layers: int, num_levels: int, config: Mapping)
         results_io.write_results(os.path.join(out, "spatial_scalable.json"),
                                  docs["spatial_scalable"])
         spatial_curves["Ours-spatial"] = docs["spatial_scalable"]
+        field_level = {}
         for j in range(num_levels):
             anchors_at_level = {}
             if res_anchor:
@@ -209,8 +236,14 @@ def aggregate(out: str, load, num_layers: int, num_levels: int, config: Mapping)
                                   "our single-layer models (quality protocol) applied to the "
                                   f"level-{j + 1} image", False)
                 anchors_at_level[docs[stem]["name"]] = docs[stem]
+            for stem in field.SWEEP_STEMS:
+                key = stem if j == num_levels - 1 else f"{stem}_level{j + 1}"
+                if key in docs:  # lower levels are named -L<j> already, the full size not
+                    name = docs[key]["name"] + (f"-L{j + 1}" if key == stem else "")
+                    anchors_at_level[name] = field_level[name] = docs[key]
             for name, doc in anchors_at_level.items():
-                spatial_curves[name] = doc
+                if name not in field_level:
+                    spatial_curves[name] = doc
                 point = avg[j]
                 cmp = bd.point_vs_curve(point, doc, "psnr")
                 point_rows.append(dict(layer=j + 1, resolution=(
@@ -222,6 +255,11 @@ def aggregate(out: str, load, num_layers: int, num_levels: int, config: Mapping)
                 results_io.write_results(os.path.join(out, f"{stem}.json"), doc)
         plot.plot_rd(spatial_curves, os.path.join(out, "rd_spatial.png"),
                      f"Spatial scalability per resolution, Kodak ({len(sp_pts)} images)")
+        if field_level:
+            plot.plot_rd({"Ours-spatial": docs["spatial_scalable"], **field_level},
+                         os.path.join(out, "rd_anchors_spatial.png"),
+                         f"Spatial layers against the field's anchors at each resolution, "
+                         f"Kodak ({len(sp_pts)} images)")
         sections.append(
             "### Spatial: each layer of the spatial model against anchors at that resolution\n\n"
             "The spatial model has ONE point per resolution (one lambda per layer), so no BD "

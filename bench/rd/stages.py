@@ -295,6 +295,14 @@ class Protocol:
 
     # -- classic anchors matched to our results
     def stage_anchors(self):
+        codecs = self.args.anchor_codecs
+        if "j2k" in codecs:
+            self.j2k_anchors()
+        modern = [c for c in codecs if c != "j2k"]
+        if modern:
+            self.modern_anchors(modern)
+
+    def j2k_anchors(self):
         from bench import anchors
         from codec import image as image_lib
         quality = self.load_eval("quality")
@@ -338,8 +346,63 @@ class Protocol:
                 json.dump(docs, f, indent=1)
             log(f"JPEG 2000 resolution anchors: {time.monotonic() - start:.0f} s")
         for name in ("j2k_layered_matched", "j2k_resolutions"):
-            shutil.copyfile(os.path.join(out, name + ".json"),
-                            os.path.join(self.out, "per_image", name + ".json"))
+            self.copy_anchor(name)
+
+    def copy_anchor(self, name):
+        os.makedirs(os.path.join(self.out, "per_image"), exist_ok=True)
+        shutil.copyfile(os.path.join(self.work, "anchors", name + ".json"),
+                        os.path.join(self.out, "per_image", name + ".json"))
+
+    def modern_anchors(self, stems):
+        """HEVC intra, JPEG XL, AVIF sweeps at every pyramid level; JPEG XL progressive and
+        HEVC simulcast at each image's own layer rates of the scalable model (bench.modern).
+        A curve whose tools are absent is skipped with the reason."""
+        from bench.modern import curves
+        from codec import image as image_lib
+        folder = os.path.join(self.work, "anchors")
+        os.makedirs(folder, exist_ok=True)
+        n = len(self.args.spatial_filters)
+        paths = self.kodak_images()
+        levels = {}
+
+        def images(level):  # [(file name, image at pyramid level `level` of n)]
+            if not levels:
+                for p in paths:
+                    levels[os.path.basename(p)] = image_lib.pyramid(image_lib.read_image(p), n)
+            return [(name, pyr[level]) for name, pyr in levels.items()]
+
+        for stem in stems:
+            gone = curves.absent(stem)
+            if gone:
+                log(f"anchors: {stem} skipped: {', '.join(gone)} not found here "
+                    "(docs/anchors.md says how to install it)")
+                continue
+            if stem in curves.SWEEPS:
+                jobs = [(stem if j == n - 1 else f"{stem}_level{j + 1}", j) for j in range(n)]
+                for name, j in jobs:
+                    if not os.path.exists(os.path.join(folder, name + ".json")):
+                        self.write_anchor(name, curves.run_sweep(
+                            stem, images(j), ms_ssim=j == n - 1 and not self.args.no_ms_ssim,
+                            log=log))
+                    self.copy_anchor(name)
+                continue
+            quality = self.load_eval("quality")
+            if quality is None:
+                raise SystemExit(f"anchors: {stem} is matched to the scalable model's layer "
+                                 "rates: run eval_quality first")
+            if not os.path.exists(os.path.join(folder, stem + ".json")):
+                bpps = {os.path.basename(im["image"]): [float(e["actual_bpp"])
+                                                        for e in im["layers"]]
+                        for im in quality["images"]}
+                self.write_anchor(stem, curves.run_matched(
+                    stem, images(n - 1), bpps, ms_ssim=not self.args.no_ms_ssim, log=log))
+            self.copy_anchor(stem)
+
+    def write_anchor(self, name, doc):
+        path = os.path.join(self.work, "anchors", name + ".json")
+        with open(path + ".partial", "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(path + ".partial", path)
 
     # -- aggregation (reads results only)
     def stage_portable(self):
