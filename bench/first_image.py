@@ -142,7 +142,6 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
         kind, mode, image_path, folder, runs = argv[1:]
-        sys.path.insert(0, os.getcwd())
         return _child(kind, mode, image_path, folder, int(runs))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", required=True,
