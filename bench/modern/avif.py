@@ -4,13 +4,12 @@ full range); at cq-level 0 the round trip is 52.4 dB on kodim01.  The rate is th
 (the ISOBMFF boxes included, about 300 bytes)."""
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 
 import numpy as np
+from PIL import Image
 
 from bench.modern import tools
-from codec import image as image_lib
 
 NAME = "AVIF"
 REQUIRES = ("avifenc", "avifdec")
@@ -23,21 +22,15 @@ PROGRAMS = {"avifenc": (["avifenc", "--version"], "version", "libavif-bin")}
 
 
 def encode(image: np.ndarray, q: int) -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        png, avif = os.path.join(tmp, "in.png"), os.path.join(tmp, "out.avif")
-        image_lib.write_png(png, image)
-        tools.run(ENCODE.format(speed=SPEED, q=int(q), png=png, avif=avif).split())
-        with open(avif, "rb") as f:
-            return f.read()
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    return tools.through_files(png.getvalue(), ENCODE, "in.png", "out.avif", speed=SPEED,
+                               q=int(q))
 
 
 def decode(data: bytes, height: int, width: int) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as tmp:
-        avif, png = os.path.join(tmp, "in.avif"), os.path.join(tmp, "out.png")
-        with open(avif, "wb") as f:
-            f.write(data)
-        tools.run(DECODE.format(avif=avif, png=png).split())
-        return image_lib.read_image(png)
+    png = tools.through_files(data, DECODE, "in.avif", "out.png")
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def describe() -> dict:

@@ -8,9 +8,6 @@ codec is near 40 dB).  The rate is the size of the Annex-B bitstream (VPS/SPS/PP
 slice; ``--no-info`` drops x265's version SEI, as BPG does)."""
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 
 from bench.modern import tools
@@ -59,23 +56,12 @@ def interleaved(data: bytes, height: int, width: int) -> np.ndarray:
 
 def encode(image: np.ndarray, qp: int) -> bytes:
     h, w = image.shape[:2]
-    with tempfile.TemporaryDirectory() as tmp:
-        yuv, hevc = os.path.join(tmp, "in.yuv"), os.path.join(tmp, "out.hevc")
-        with open(yuv, "wb") as f:
-            f.write(planar(rgb_to_ycbcr(image)))
-        tools.run(ENCODE.format(yuv=yuv, w=w, h=h, qp=int(qp), hevc=hevc).split())
-        with open(hevc, "rb") as f:
-            return f.read()
+    return tools.through_files(planar(rgb_to_ycbcr(image)), ENCODE, "in.yuv", "out.hevc",
+                               w=w, h=h, qp=int(qp))
 
 
 def decode(data: bytes, height: int, width: int) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as tmp:
-        hevc, yuv = os.path.join(tmp, "in.hevc"), os.path.join(tmp, "out.yuv")
-        with open(hevc, "wb") as f:
-            f.write(data)
-        tools.run(DECODE.format(hevc=hevc, yuv=yuv).split())
-        with open(yuv, "rb") as f:
-            raw = f.read()
+    raw = tools.through_files(data, DECODE, "in.hevc", "out.yuv")
     if len(raw) != 3 * height * width:
         raise RuntimeError(f"decoded {len(raw)} bytes, expected a {width}x{height} 4:4:4 frame")
     return ycbcr_to_rgb(interleaved(raw, height, width))

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
+import tempfile
 from typing import Dict, List, Sequence
 
 
@@ -25,6 +27,20 @@ def run(cmd: Sequence[str]) -> subprocess.CompletedProcess:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return proc
+
+
+def through_files(data: bytes, command: str, source: str, target: str, **fields) -> bytes:
+    """Write ``data`` to a temporary file named ``source``, run ``command`` (a format string
+    whose fields include the two file names, {source stem} and {target stem}) and return the
+    bytes of ``target``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {name: os.path.join(tmp, name) for name in (source, target)}
+        with open(paths[source], "wb") as f:
+            f.write(data)
+        names = {os.path.splitext(n)[1].lstrip("."): p for n, p in paths.items()}
+        run(command.format(**names, **fields).split())
+        with open(paths[target], "rb") as f:
+            return f.read()
 
 
 def version_line(cmd: Sequence[str], contains: str = "") -> str:
