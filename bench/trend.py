@@ -7,10 +7,12 @@ Evaluates the newest checkpoint of --checkpoint_dir (a snapshot of it is copied 
 run may go on) with eval_quality.py or eval_spatial.py on both image sets, real stream sizes,
 and adds one row per step to `<mode>_trend.json` and `<mode>_trend.md` in --out:
 - quality mode: BD-rate and BD-PSNR of the layer curve (averaged over the images) against
-  JPEG 2000 single layer at fixed rates (mct=1) on the same images;
+  JPEG 2000 single layer at fixed rates (mct=1) on the same images, and the median and worst
+  of the same BD-PSNR image by image;
 - spatial mode: per layer, the mean point at its own resolution (Lanczos pyramid, as
   eval_spatial.py makes it) against JPEG 2000 coding that resolution alone: the PSNR
-  difference at the same rate.
+  difference at the same rate;
+- both modes: the model's flat-field PSNR per layer (bench/flat_field.py).
 --checkpoint_dir may also be a pretrained folder (its step given with --step).
 """
 from __future__ import annotations
@@ -19,9 +21,10 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 
-from bench import recipe
+from bench import flat_field, recipe
 
 J2K_NAME = "jpeg2000_{set}_level{level}_of_{levels}.json"
 
@@ -36,6 +39,8 @@ def _snapshot(checkpoint_dir, runs):
     if path is None:
         raise SystemExit(f"error: '{checkpoint_dir}' has no checkpoint yet")
     step = int(path.rsplit("-", 1)[1])
+    if os.path.samefile(os.path.dirname(os.path.abspath(checkpoint_dir)), runs):
+        return checkpoint_dir, step  # already a snapshot: a rerun (its evaluations are kept)
     name = f"{os.path.basename(os.path.normpath(checkpoint_dir))}_step{step}"
     target = os.path.join(runs, name)
     if not os.path.exists(os.path.join(target, "checkpoint")):
@@ -67,6 +72,34 @@ def _j2k(out, image_set, folder, level, levels):
     return curve
 
 
+def _per_image_bd_psnr(out, image_set, folder, results):
+    """Quality mode: per image, BD-PSNR (dB) of its layer curve against JPEG 2000 single layer
+    at recipe.J2K_BPPS on that image (the sweeps cached in `out`); None where undefined
+    (e.g. JPEG 2000 reaching lossless inside the sweep)."""
+    import warnings
+    from bench import anchors
+    from bench.rd.points import layer_points
+    from codec.image import read_image
+    path = os.path.join(out, f"jpeg2000_{image_set}_per_image.json")
+    cache = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            cache = json.load(f)
+    bd_psnr = {}
+    for entry, points in zip(results["images"], layer_points(results)):
+        name = os.path.basename(entry["image"])  # older results.json hold the folder too
+        if name not in cache:
+            sweep = anchors.jpeg2000_single_sweep(read_image(os.path.join(folder, name)),
+                                                 recipe.J2K_BPPS, ms_ssim=False)
+            cache[name] = [dict(bpp=p["bpp"], psnr=p["psnr"]) for p in sweep]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bd_psnr[name] = recipe.bd_against(cache[name], points)["bd_psnr_db"]
+    with open(path, "w") as f:
+        json.dump(cache, f, indent=1)
+    return bd_psnr
+
+
 def evaluate(args):
     from bench import bd
     from models.config import ModelConfig
@@ -82,16 +115,21 @@ def evaluate(args):
                          "--checkpoint_dir", model, "--output_folder", out],
                         os.path.join(args.runs, "eval.log"))
         with open(os.path.join(out, "results.json")) as f:
-            curve = recipe.mean_curve(json.load(f))
+            results = json.load(f)
+        curve = recipe.mean_curve(results)
         if config.mode == "quality":
             anchor = _j2k(args.out, image_set, folder, 1, 1)
-            result = dict(curve=curve, vs_jpeg2000=recipe.bd_against(anchor, curve))
+            result = dict(curve=curve, vs_jpeg2000=recipe.bd_against(anchor, curve),
+                          per_image_bd_psnr_db=_per_image_bd_psnr(args.out, image_set,
+                                                                  folder, results))
         else:
             levels = len(curve)
             result = dict(curve=curve, vs_jpeg2000_db=[
                 bd.point_vs_curve(point, _j2k(args.out, image_set, folder, k, levels))[
                     "metric_diff"] for k, point in enumerate(curve, start=1)])
         row["sets"][image_set] = result
+    from pipeline.api import ScalableCodec
+    row["flat_field_psnr"] = flat_field.flat_field(ScalableCodec.load(model))["psnr"]
     return config.mode, row
 
 
@@ -101,20 +139,36 @@ def _cells(mode, result):
     if mode == "quality":
         j2k = result["vs_jpeg2000"]
         return [curve, recipe.signed(j2k["bd_psnr_db"], 2, " dB"),
-                recipe.signed(j2k["bd_rate_percent"], 1, " %")]
+                recipe.signed(j2k["bd_rate_percent"], 1, " %"), _spread(result)]
     return [curve, " / ".join(recipe.signed(d, 2) for d in result["vs_jpeg2000_db"])]
+
+
+def _spread(result):
+    """'median -1.30 / worst -5.46 dB (13 of 14)' of the per-image BD-PSNRs, if measured."""
+    values = result.get("per_image_bd_psnr_db")
+    if not values:
+        return "n/a"
+    defined = sorted(v for v in values.values() if v is not None)
+    if not defined:
+        return "n/a"
+    median = statistics.median(defined)
+    return (f"median {recipe.signed(median, 2)} / worst {recipe.signed(defined[0], 2)} dB"
+            f" ({len(defined)} of {len(values)})")
 
 
 def format_trend(mode, rows):
     """The markdown table of a trend document."""
-    compared = (["BD-PSNR vs JPEG 2000", "BD-rate"] if mode == "quality"
+    compared = (["BD-PSNR vs JPEG 2000", "BD-rate", "per-image BD-PSNR"] if mode == "quality"
                 else ["vs JPEG 2000 at each size (dB)"])
     header = ["step"] + [f"{name}: {column}" for name in ("Kodak", "held-out")
-                         for column in ["PSNR per layer (dB) @ bpp", *compared]]
+                         for column in ["PSNR per layer (dB) @ bpp", *compared]] + [
+                             "flat field: PSNR per layer (dB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [str(row["step"])] + [c for image_set in ("kodak", "heldout")
                                       for c in _cells(mode, row["sets"][image_set])]
+        cells.append(flat_field.format_psnr(dict(psnr=row["flat_field_psnr"]))
+                     if "flat_field_psnr" in row else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

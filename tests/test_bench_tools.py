@@ -304,3 +304,25 @@ def test_bits_by_size_crops_and_sums_every_layer(tiny_checkpoints, tmp_path):
     with pytest.raises(SystemExit, match="matches no file"):
         bits_by_size.main(["--checkpoint_dir", tiny_checkpoints.spatial_dir,
                            "--images", str(tmp_path / "*.jpg")])
+
+
+def test_flat_field_codes_grey_images_through_the_codec(tiny_checkpoints, tmp_path):
+    """bench.flat_field: per layer, the PSNR of the decoded grey images' mean squared error
+    and each level's mean error, from the real streams."""
+    from bench import flat_field
+    from pipeline.api import ScalableCodec
+    codec = ScalableCodec.load(tiny_checkpoints.spatial_dir)
+    result = flat_field.flat_field(codec, levels=(60, 200), side=64)
+    decoded = [codec.decompress(codec.compress(np.full((64, 64, 3), level, np.uint8)))
+               for level in (60, 200)]
+    assert [layer.shape[0] for layer in decoded[0]] == [16, 32, 64]  # the pyramid's sizes
+    for k in range(len(codec.layer_names)):
+        errors = [d[k].astype(np.float64) - level for d, level in zip(decoded, (60, 200))]
+        mse = np.mean([np.mean(e ** 2) for e in errors])
+        assert result["psnr"][k] == pytest.approx(10 * np.log10(255 ** 2 / mse), abs=0.01)
+        assert [row[k] for row in result["bias"]] == pytest.approx(
+            [np.mean(e) for e in errors], abs=0.01)
+    out = tmp_path / "flat.json"
+    assert flat_field.main(["--checkpoint_dir", tiny_checkpoints.spatial_dir, "--out",
+                            str(out)]) == 0
+    assert json.loads(out.read_text())["layers"] == codec.layer_names

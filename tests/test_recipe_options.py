@@ -195,6 +195,39 @@ def test_trend_tables_have_a_row_per_step_and_both_sets():
             for s in ("kodak", "heldout")})
     quality = trend.format_trend("quality", [row(5, 28.0), row(10, 29.5)]).splitlines()
     assert len(quality) == 4 and quality[2].startswith("| 5 | 28.00@0.300 / 28.00@0.300 | -2.00 dB | n/a |")
-    spatial = trend.format_trend("spatial", [row(10, 29.5)]).splitlines()
+    assert quality[0].endswith("| flat field: PSNR per layer (dB) |") and quality[2].endswith("| n/a |")
+    spread = row(7, 28.0)
+    spread["sets"]["kodak"]["per_image_bd_psnr_db"] = {"a.png": -1.0, "b.png": None,
+                                                      "c.png": -3.5, "d.png": -0.5}
+    assert ("| -2.00 dB | n/a | median -1.00 / worst -3.50 dB (3 of 4) |"
+            in trend.format_trend("quality", [spread]).splitlines()[2])
+    spatial_row = dict(row(10, 29.5), flat_field_psnr=[40.04, None])
+    spatial = trend.format_trend("spatial", [spatial_row]).splitlines()
     assert spatial[2] == ("| 10 | 29.50@0.300 / 29.50@0.300 | -0.50 / n/a | "
-                          "29.50@0.300 / 29.50@0.300 | -0.50 / n/a |")
+                          "29.50@0.300 / 29.50@0.300 | -0.50 / n/a | 40.0 / inf |")
+
+
+def test_trend_per_image_bd_psnr_against_each_images_own_jpeg2000_curve(tmp_path):
+    """bench.trend: every image's layer curve against JPEG 2000 on that image (sweeps cached)."""
+    from bench import trend
+    from helpers import smooth_image
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in (0, 1):
+        Image.fromarray(smooth_image(96, 128, seed)).save(folder / f"p{seed}.png")
+
+    def results(shift):
+        """A results.json whose layers lie `shift` dB above the cached JPEG 2000 curves."""
+        with open(tmp_path / "jpeg2000_s_per_image.json") as f:
+            cache = json.load(f)
+        return dict(images=[dict(image=name, layers=[
+            dict(actual_bpp=p["bpp"], psnr=p["psnr"] + shift, bytes=1) for p in curve[2:6]])
+            for name, curve in sorted(cache.items())])
+
+    empty = dict(images=[dict(image=f"p{seed}.png", layers=[
+        dict(actual_bpp=0.1 * k, psnr=30 + k, bytes=1) for k in (1, 2)]) for seed in (0, 1)])
+    trend._per_image_bd_psnr(str(tmp_path), "s", str(folder), empty)  # fills the cache
+    for shift in (0.0, 1.0):
+        bd = trend._per_image_bd_psnr(str(tmp_path), "s", str(folder), results(shift))
+        assert sorted(bd) == ["p0.png", "p1.png"]
+        assert list(bd.values()) == pytest.approx([shift, shift], abs=0.02)
