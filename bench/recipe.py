@@ -117,11 +117,16 @@ def mean_curve(results):
             for k in range(layers)]
 
 
+def j2k_sweep(image):
+    """JPEG 2000 single layer at J2K_BPPS on one image (array): its bpp and PSNR points."""
+    from bench import anchors
+    return [dict(bpp=p["bpp"], psnr=p["psnr"])
+            for p in anchors.jpeg2000_single_sweep(image, J2K_BPPS, ms_ssim=False)]
+
+
 def j2k_curve(images):
     """JPEG 2000 single layer at J2K_BPPS, mean bpp and PSNR over `images` (arrays)."""
-    from bench import anchors
-    per_image = [anchors.jpeg2000_single_sweep(image, J2K_BPPS, ms_ssim=False)
-                 for image in images]
+    per_image = [j2k_sweep(image) for image in images]
     return [dict(bpp=sum(p[i]["bpp"] for p in per_image) / len(per_image),
                  psnr=sum(p[i]["psnr"] for p in per_image) / len(per_image))
             for i in range(len(J2K_BPPS))]

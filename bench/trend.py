@@ -74,10 +74,9 @@ def _j2k(out, image_set, folder, level, levels):
 
 def _per_image_bd_psnr(out, image_set, folder, results):
     """Quality mode: per image, BD-PSNR (dB) of its layer curve against JPEG 2000 single layer
-    at recipe.J2K_BPPS on that image (the sweeps cached in `out`); None where undefined
+    (recipe.j2k_sweep) on that image (the sweeps cached in `out`); None where undefined
     (e.g. JPEG 2000 reaching lossless inside the sweep)."""
     import warnings
-    from bench import anchors
     from bench.rd.points import layer_points
     from codec.image import read_image
     path = os.path.join(out, f"jpeg2000_{image_set}_per_image.json")
@@ -89,9 +88,7 @@ def _per_image_bd_psnr(out, image_set, folder, results):
     for entry, points in zip(results["images"], layer_points(results)):
         name = os.path.basename(entry["image"])  # older results.json hold the folder too
         if name not in cache:
-            sweep = anchors.jpeg2000_single_sweep(read_image(os.path.join(folder, name)),
-                                                 recipe.J2K_BPPS, ms_ssim=False)
-            cache[name] = [dict(bpp=p["bpp"], psnr=p["psnr"]) for p in sweep]
+            cache[name] = recipe.j2k_sweep(read_image(os.path.join(folder, name)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             bd_psnr[name] = recipe.bd_against(cache[name], points)["bd_psnr_db"]
