@@ -3,14 +3,13 @@
     python -m bench.first_image --image KODAK/kodim01.png [--modes quality,spatial] [--runs 3]
         [--baseline DIR] [--out bench/results/first_image.json]
 
-For each mode, with its shipped model: one fresh process compresses the image (all layers,
-streams only: a sender's work) 1 + --runs times, another decompresses it (top layer only:
-a receiver's work) 1 + --runs times. Each reports its start-up (imports, model load), its
+For each mode, with its shipped model: one fresh process compresses the image to .lsic bytes
+(all layers: a sender's work, pipeline.api) 1 + --runs times, another decompresses them (top
+layer only: a receiver's work) 1 + --runs times. Each reports its start-up (imports, model load), its
 first call and the median of the later ones; overhead = first - steady, measured in the same
-process, in wall and in process CPU seconds (the steadier figure on a loaded machine). Both go through
-codec.streams.Codec (stream files in a temporary folder), which a --baseline tree (e.g. a
-`git archive` of main) has too: its processes run the same measurement on its code, one
-after the other with ours. Then the whole-process wall time of `lsic.py compress` and
+process, in wall and in process CPU seconds (the steadier figure on a loaded machine). Both go
+through pipeline.api.ScalableCodec, which a --baseline tree (e.g. a `git archive` of main) has
+too: its processes run the same measurement on its code, one after the other with ours. Then the whole-process wall time of `lsic.py compress` and
 `lsic.py decompress`, and Pillow's JPEG 2000 on the same image for scale.
 Prints a table and writes JSON (--out).
 """
@@ -32,20 +31,22 @@ TARGET_OVERHEAD = 3.0  # seconds: the issue's bound on first - steady
 def _child(kind, mode, image_path, folder, runs):
     """In a fresh process (run from the tree measured): JSON of start-up, first and steady."""
     started = time.monotonic()
-    from codec.image import pyramid, read_image
-    from codec.streams import Codec
-    from pipeline.checkpoints import load_trained_model
+    from codec.image import read_image
+    from pipeline.api import ScalableCodec
     imported = time.monotonic()
-    codec = Codec(load_trained_model(os.path.join("pretrained", mode), mode))
+    codec = ScalableCodec.load(os.path.join("pretrained", mode))
     loaded = time.monotonic()
     process_cpu_at_load = time.process_time()  # imports and model load, CPU seconds
     image = read_image(image_path)
-    n = codec.config.num_layers
-    levels = pyramid(image, n) if mode == "spatial" else [image] * n
+    path = os.path.join(folder, f"{mode}.lsic")
     if kind == "compress":
-        call = lambda: codec.encode(levels, folder, reconstruct=False)  # noqa: E731
+        def call():
+            with open(path, "wb") as f:
+                f.write(codec.compress(image))
     else:
-        call = lambda: codec.decode(folder, last_only=True)  # noqa: E731
+        with open(path, "rb") as f:
+            data = f.read()
+        call = lambda: codec.decompress(data, top_only=True)  # noqa: E731
     times, cpu = [], []
     for _ in range(1 + runs):
         start, start_cpu = time.monotonic(), time.process_time()

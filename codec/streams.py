@@ -93,12 +93,14 @@ class Codec:
             yield len(data), bits, reconstruction
             del reconstruction
 
-    def encode_streams(self, levels, reconstruct=True):
+    def encode_streams(self, levels, reconstruct=True, estimate_bits=True):
         """Code the first len(levels) layers: yields per layer (its stream's bytes, estimated
-        bits, encoder-side reconstruction at the level's size; None with reconstruct=False).
+        bits or None with estimate_bits=False, encoder-side reconstruction at the level's
+        size or None with reconstruct=False).
         The one encoder of the eval scripts (files), the .lsic container and the API."""
         parent = bitstream.BASE_PARENT_DIGEST
-        codes = self.model.compress_layers(_padded_once(levels), reconstruct, self.tile)
+        codes = self.model.compress_layers(_padded_once(levels), reconstruct, self.tile,
+                                           estimate_bits)
         for k, (name, level, code) in enumerate(zip(self.config.layer_names, levels, codes)):
             stream = bitstream.LayerStream(
                 mode=self.config.mode, layer_index=k, layer_name=name,

@@ -204,12 +204,12 @@ class ScalableModel(tf.keras.Model):
         self._check_coding()
         return self._coding.tables_digest
 
-    def _encode_layer(self, k, latent, context=None):
+    def _encode_layer(self, k, latent, context=None, estimate_bits=True):
         prediction = 0.0 if k == 0 else self.predict_latent(k, context, tf.shape(latent)[1:3])
         strings, shapes, residual_hat, bits, symbols = self.entropy[k].compress(
-            latent - prediction)
+            latent - prediction, estimate_bits)
         context = self.extend_context(context, prediction + residual_hat, k)
-        return strings, shapes, bits[0], symbols, context
+        return strings, shapes, None if bits is None else bits[0], symbols, context
 
     def _decode_layer(self, k, strings, shapes, context=None):
         residual_hat, symbols = self.entropy[k].decompress(strings, shapes)
@@ -271,16 +271,17 @@ class ScalableModel(tf.keras.Model):
         if not self._coding.ready:
             raise RuntimeError("call prepare_coding() after loading the weights")
 
-    def compress(self, levels, reconstruct=True, tile=tiling.DEFAULT_TILE):
+    def compress(self, levels, reconstruct=True, tile=tiling.DEFAULT_TILE, estimate_bits=True):
         """Code every layer: the list of compress_layers' dicts (every reconstruction held)."""
-        return list(self.compress_layers(levels, reconstruct, tile))
+        return list(self.compress_layers(levels, reconstruct, tile, estimate_bits))
 
-    def compress_layers(self, levels, reconstruct=True, tile=tiling.DEFAULT_TILE):
+    def compress_layers(self, levels, reconstruct=True, tile=tiling.DEFAULT_TILE,
+                        estimate_bits=True):
         """Code every layer, yielding each layer's code as soon as it is made.
 
         levels: one uint8 HxWx3 array per layer (sides multiples of PAD_MULTIPLE).
         Yields per layer a dict: `strings` (list of bytes), `shapes` (flat list of ints),
-        `bits` (estimated from the likelihoods), `symbols` (per string the int32 array of
+        `bits` (estimated from the likelihoods; None with estimate_bits=False), `symbols` (per string the int32 array of
         symbols it codes) and `reconstruction` (uint8, padded size),
         the exact image a decoder of the same weights produces. reconstruct=False skips
         the synthesis transforms (a sender needs only the streams): `reconstruction` is None.
@@ -296,12 +297,13 @@ class ScalableModel(tf.keras.Model):
             latent = tf.constant(self._analyse(k, level, tile))
             args = [latent] + ([] if k == 0 else [context])
             del latent
-            strings, shapes, bits, symbols, context = self._encoder(k)(*args)
+            strings, shapes, bits, symbols, context = self._encoder(k)(
+                *args, estimate_bits=estimate_bits)
             del args
             yield dict(
                 strings=[s.numpy()[0] for s in strings],
                 shapes=[int(v) for shape in shapes for v in shape.numpy()],
-                bits=float(bits), symbols=[s.numpy() for s in symbols],
+                bits=None if bits is None else float(bits), symbols=[s.numpy() for s in symbols],
                 reconstruction=self._synthesize(k, context, tile) if reconstruct else None)
 
     def decompress(self, codes, last_only=False, tile=tiling.DEFAULT_TILE):

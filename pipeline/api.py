@@ -58,8 +58,8 @@ class ScalableCodec:
         when None)."""
         num_layers = self.codec.check_num_layers(num_layers)
         levels = self.levels(_checked_image(image), resample)[:num_layers]
-        return container.pack(data for data, _, _ in
-                              self.codec.encode_streams(levels, reconstruct=False))
+        streams = self.codec.encode_streams(levels, reconstruct=False, estimate_bits=False)
+        return container.pack(data for data, _, _ in streams)
 
     def decompress(self, data, num_layers=None, top_only=False, source="<bytes>"):
         """The images of the first `num_layers` layers of .lsic bytes (all complete layers

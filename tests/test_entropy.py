@@ -163,6 +163,20 @@ def test_estimated_bits_match_string_lengths(kind, coders):
     assert np.all(actual <= 1.02 * estimate + slack), (actual, estimate)
 
 
+@pytest.mark.parametrize("kind", ENTROPY_MODELS)
+def test_compress_without_the_estimate_codes_the_same_strings(kind, coders):
+    """A sender's compress(estimate_bits=False) skips the likelihoods, not the coding."""
+    models, tensor = coders
+    strings, shapes, quantized, bits, symbols = models[kind].compress(tensor)
+    fast = models[kind].compress(tensor, estimate_bits=False)
+    assert fast[3] is None and bits is not None
+    for a, b in zip(fast[0], strings):
+        assert list(a.numpy()) == list(b.numpy())
+    np.testing.assert_array_equal(fast[2].numpy(), quantized.numpy())
+    for a, b in zip(fast[4], symbols):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_hyperprior_side_information_has_its_own_string(coders):
     models, tensor = coders
     strings, shapes, _, _, _ = models["hyperprior"].compress(tensor)

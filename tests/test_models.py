@@ -218,8 +218,11 @@ def test_last_layer_only_decode_matches_the_full_decode(trained_quality, quality
     model = trained_quality[0]
     folder = str(tmp_path / "streams")
     image = quality_coded["image"]
-    assert [c["reconstruction"] for c in model.compress([image] * 2, reconstruct=False)] \
-        == [None, None]
+    streams_only = model.compress([image] * 2, reconstruct=False)
+    assert [c["reconstruction"] for c in streams_only] == [None, None]
+    no_estimate = model.compress([image] * 2, reconstruct=False, estimate_bits=False)
+    assert [c["bits"] for c in no_estimate] == [None, None]
+    assert [c["strings"] for c in no_estimate] == [c["strings"] for c in streams_only]
     sent = Codec(model).encode(image_levels("quality", image, 2), folder)
     assert [size for size, _, _ in sent] == quality_coded["sizes"]
     for name in ("B", "e1"):

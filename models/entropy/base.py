@@ -9,8 +9,9 @@ and has two forms:
   the coder needs (range-coding tables, quantization offsets, integer networks) as a dict of
   numpy arrays; these are stored beside the checkpoint (pipeline/checkpoints.py).
 - coding form, made by `load_tables(tables)` from those arrays alone (never from the float
-  weights, so that every machine codes with the same integers): `compress(tensor)` ->
-  (strings, shapes, dequantized tensor, estimated bits, symbols), and
+  weights, so that every machine codes with the same integers): `compress(tensor,
+  estimate_bits=True)` -> (strings, shapes, dequantized tensor, estimated bits per batch
+  element or None when estimate_bits=False, symbols), and
   `decompress(strings, shapes)` -> (the same dequantized tensor, the same symbols), from what
   the streams carry. `num_strings` strings, one int32 vector per string whose static shape
   is given by `shape_specs()` (the first is the latent's [height, width]), and per string
@@ -92,8 +93,10 @@ class EntropyModel(tf.keras.layers.Layer):
         """Build the coding form from the current weights (tables computed in memory)."""
         self.load_tables(self.coding_tables())
 
-    def compress(self, tensor):
-        """(strings, shapes, dequantized tensor, estimated bits, symbols per string)."""
+    def compress(self, tensor, estimate_bits=True):
+        """(strings, shapes, dequantized tensor, estimated bits or None, symbols per string).
+        The estimate (the likelihoods of every element) is about a third of the eager
+        coding time, and a sender needs only the strings."""
         raise NotImplementedError
 
     def decompress(self, strings, shapes):

@@ -34,11 +34,11 @@ class FactorizedEntropyModel(EntropyModel):
     def load_tables(self, tables):
         self.coder = ChannelCoder(tables)
 
-    def compress(self, tensor):
+    def compress(self, tensor, estimate_bits=True):
         symbols = self.coder.symbols(tensor)
         bits = tiling.row_bands_sum(
             lambda rows: self(rows, training=False, quantization_offset=self.coder.offset)[1],
-            [tensor], BITS_BAND_ELEMENTS)
+            [tensor], BITS_BAND_ELEMENTS) if estimate_bits else None
         strings = [self.coder.encode(symbols)]
         return strings, [tf.shape(tensor)[1:3]], self.coder.dequantize(symbols), bits, [symbols]
 

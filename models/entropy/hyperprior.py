@@ -115,21 +115,24 @@ class HyperpriorEntropyModel(EntropyModel):
             indexes = tf.cast(indexes, tf.int32)  # truncation, as tfc's indexed model
         return crop_to(indexes, shape)
 
-    def compress(self, tensor):
+    def compress(self, tensor, estimate_bits=True):
         shape = tf.shape(tensor)[1:3]
         side_latent = self.hyper_analysis(abs(tensor))
         side_symbols = self.side_coder.symbols(side_latent)
-        _, side_bits = self._side_model(self.side_coder.offset)(side_latent, training=False)
         indexes = self._coding_indexes(side_symbols, shape)
         symbols = tf.cast(tf.round(tensor), tf.int32)
+        strings = [self.coder.encode(symbols, indexes), self.side_coder.encode(side_symbols)]
+        bits = self._estimated_bits(tensor, side_latent, indexes) if estimate_bits else None
+        return (strings, [shape, tf.shape(side_latent)[1:3]], tf.cast(symbols, tf.float32),
+                bits, [symbols, side_symbols])
+
+    def _estimated_bits(self, tensor, side_latent, indexes):
+        _, side_bits = self._side_model(self.side_coder.offset)(side_latent, training=False)
         main_model = self._main_model(compression=False)
-        bits = tiling.row_bands_sum(
+        return side_bits + tiling.row_bands_sum(
             lambda rows, row_indexes: main_model(rows, tf.cast(row_indexes, tf.float32),
                                                  training=False)[1],
             [tensor, indexes], BITS_BAND_ELEMENTS)
-        strings = [self.coder.encode(symbols, indexes), self.side_coder.encode(side_symbols)]
-        return (strings, [shape, tf.shape(side_latent)[1:3]], tf.cast(symbols, tf.float32),
-                bits + side_bits, [symbols, side_symbols])
 
     def decompress(self, strings, shapes):
         side_symbols = self.side_coder.decode(strings[1], shapes[1])
