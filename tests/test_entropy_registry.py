@@ -36,10 +36,10 @@ class RawInt8EntropyModel(EntropyModel):
     def load_tables(self, tables):
         assert tables == {}
 
-    def compress(self, tensor):
+    def compress(self, tensor, estimate_bits=True):
         symbols = tf.cast(tf.clip_by_value(tf.round(tensor), -128, 127), tf.int8)
         string = tf.io.encode_base64(tf.io.serialize_tensor(symbols[0]))
-        _, bits = self(tensor, training=False)
+        bits = self(tensor, training=False)[1] if estimate_bits else None
         return [tf.reshape(string, (1,))], [tf.shape(tensor)[1:3]], \
             tf.cast(symbols, tf.float32), bits, [tf.cast(symbols, tf.int32)]
 
