@@ -8,7 +8,9 @@ Example:
 """
 
 from pipeline import cli
-from models.config import SettingsError
+from codec.bitstream import BitstreamError
+from pipeline.checkpoints import CheckpointError
+from models.config import ConfigError
 from codec.image import ImageError
 from pipeline.locking import LockError
 
@@ -26,4 +28,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args, (SettingsError, ImageError, LockError))
+    cli.run(main, parse_args,
+            (ConfigError, CheckpointError, ImageError, BitstreamError, LockError))
