@@ -5,12 +5,13 @@
 
 For each mode, with its shipped model: one fresh process compresses the image to .lsic bytes
 (all layers: a sender's work, pipeline.api) 1 + --runs times, another decompresses them (top
-layer only: a receiver's work) 1 + --runs times. Each reports its start-up (imports, model load), its
-first call and the median of the later ones; overhead = first - steady, measured in the same
-process, in wall and in process CPU seconds (the steadier figure on a loaded machine). Both go
-through pipeline.api.ScalableCodec, which a --baseline tree (e.g. a `git archive` of main) has
-too: its processes run the same measurement on its code, one after the other with ours. Then the whole-process wall time of `lsic.py compress` and
-`lsic.py decompress`, and Pillow's JPEG 2000 on the same image for scale.
+layer only: a receiver's work) 1 + --runs times. Each reports its start-up (imports, model
+load), its first call and the median of the later ones; overhead = first - steady, measured
+in the same process, in wall and in process CPU seconds (the steadier figure on a loaded
+machine). Both go through pipeline.api.ScalableCodec, which a --baseline tree (e.g. a `git
+archive` of main) has too: its processes run the same measurement on its code, one after the
+other with ours. Then the whole-process wall time of `lsic.py compress` and `lsic.py
+decompress`, and Pillow's JPEG 2000 on the same image for scale.
 Prints a table and writes JSON (--out).
 """
 

@@ -209,7 +209,7 @@ class ScalableModel(tf.keras.Model):
         strings, shapes, residual_hat, bits, symbols = self.entropy[k].compress(
             latent - prediction, estimate_bits)
         context = self.extend_context(context, prediction + residual_hat, k)
-        return strings, shapes, None if bits is None else bits[0], symbols, context
+        return strings, shapes, bits, symbols, context
 
     def _decode_layer(self, k, strings, shapes, context=None):
         residual_hat, symbols = self.entropy[k].decompress(strings, shapes)
@@ -281,8 +281,8 @@ class ScalableModel(tf.keras.Model):
 
         levels: one uint8 HxWx3 array per layer (sides multiples of PAD_MULTIPLE).
         Yields per layer a dict: `strings` (list of bytes), `shapes` (flat list of ints),
-        `bits` (estimated from the likelihoods; None with estimate_bits=False), `symbols` (per string the int32 array of
-        symbols it codes) and `reconstruction` (uint8, padded size),
+        `bits` (estimated from the likelihoods; None with estimate_bits=False), `symbols`
+        (per string the int32 array of symbols it codes) and `reconstruction` (uint8, padded size),
         the exact image a decoder of the same weights produces. reconstruct=False skips
         the synthesis transforms (a sender needs only the streams): `reconstruction` is None.
         Only the context (1/16 resolution) is kept between layers, so a caller that drops
@@ -303,7 +303,8 @@ class ScalableModel(tf.keras.Model):
             yield dict(
                 strings=[s.numpy()[0] for s in strings],
                 shapes=[int(v) for shape in shapes for v in shape.numpy()],
-                bits=None if bits is None else float(bits), symbols=[s.numpy() for s in symbols],
+                bits=None if bits is None else float(bits[0]),
+                symbols=[s.numpy() for s in symbols],
                 reconstruction=self._synthesize(k, context, tile) if reconstruct else None)
 
     def decompress(self, codes, last_only=False, tile=tiling.DEFAULT_TILE):
