@@ -8,9 +8,7 @@ Example:
 """
 
 from pipeline import cli
-from codec.bitstream import BitstreamError
-from pipeline.checkpoints import CheckpointError
-from models.config import ConfigError
+from models.config import SettingsError
 from codec.image import ImageError
 from pipeline.locking import LockError
 
@@ -28,5 +26,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args,
-            (ConfigError, CheckpointError, ImageError, BitstreamError, LockError))
+    cli.run(main, parse_args, (SettingsError, ImageError, LockError))

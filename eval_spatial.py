@@ -12,9 +12,7 @@ Example:
 import os
 
 from pipeline import cli
-from codec.bitstream import BitstreamError
-from pipeline.checkpoints import CheckpointError
-from models.config import ConfigError
+from models.config import ConfigError, SettingsError
 from codec.image import ImageError
 from pipeline.locking import LockError
 
@@ -63,5 +61,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args,
-            (ConfigError, CheckpointError, ImageError, BitstreamError, LockError))
+    cli.run(main, parse_args, (SettingsError, ImageError, LockError))

@@ -6,10 +6,7 @@ Example (toy size, a couple of minutes on a CPU):
 """
 
 from pipeline import cli
-from pipeline.checkpoints import CheckpointError
-from models.config import ConfigError
-from pipeline.data import DataError
-from pipeline.training import TrainingError
+from models.config import SettingsError
 from pipeline.locking import LockError
 
 
@@ -38,5 +35,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args,
-            (ConfigError, CheckpointError, DataError, TrainingError, LockError))
+    cli.run(main, parse_args, (SettingsError, LockError))

@@ -7,10 +7,7 @@ Training data are TFRecords made by create_tfrecords.py. Example (toy size):
 """
 
 from pipeline import cli
-from pipeline.checkpoints import CheckpointError
-from models.config import DOWNSAMPLING, ConfigError
-from pipeline.data import DataError
-from pipeline.training import TrainingError
+from models.config import DOWNSAMPLING, ConfigError, SettingsError
 from pipeline.locking import LockError
 
 
@@ -55,5 +52,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    cli.run(main, parse_args,
-            (ConfigError, CheckpointError, DataError, TrainingError, LockError))
+    cli.run(main, parse_args, (SettingsError, LockError))
