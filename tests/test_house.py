@@ -252,3 +252,18 @@ def test_results_record_paths_relative_to_the_repository_or_the_folder_given():
     assert recorded_names(["/d/t/x/a.png", "/d/t/y/b.png"]) == {
         "/d/t/x/a.png": os.path.join("x", "a.png"), "/d/t/y/b.png": os.path.join("y", "b.png")}
     assert recorded_names(["photo.png"]) == {"photo.png": "photo.png"}
+
+
+def test_the_main_scripts_answer_help_without_loading_tensorflow():
+    """--help is instant: TensorFlow loads in main, after the flags are parsed."""
+    probe = ("import atexit, runpy, sys\n"
+             "atexit.register(lambda: print('tensorflow loaded:', 'tensorflow' in sys.modules))\n"
+             "sys.argv = [sys.argv[1], '--help']\n"
+             "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    env = with_repo_path(os.environ)
+    for script in ("train_quality.py", "train_spatial.py", "eval_quality.py", "eval_spatial.py",
+                   "lsic.py"):
+        result = subprocess.run([sys.executable, "-c", probe, script], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "usage:" in result.stdout.lower(), result.stderr
+        assert "tensorflow loaded: False" in result.stdout, script
