@@ -156,10 +156,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] in (["compress"], ["decompress"]):
-        # TensorFlow before absl's app.run parses the flags, as eval_*.py import it: imported
-        # inside main, the range encoder hung on garbage symbols (8 runs of 8 under load;
-        # never with this order). info and truncate stay free of TensorFlow: instant.
-        import tensorflow  # noqa: F401
-    # SettingsError: every codec, model and checkpoint error (one line each).
-    cli.run(main, parse_args, (SettingsError, ImageError))
+    # SettingsError: every codec, model and checkpoint error (one line each). info and
+    # truncate never load TensorFlow: instant.
+    cli.run(main, parse_args, (SettingsError, ImageError),
+            needs_tensorflow=lambda args: args.command in ("compress", "decompress"))

@@ -83,6 +83,29 @@ class SignalConv2D(tfc.SignalConv2D):
             self.frozen_kernel, self._use_bias, self._activation = saved
 
 
+class TensorFlowStateError(RuntimeError):
+    """TensorFlow was imported in a state where traced functions compute wrong results."""
+
+
+@functools.lru_cache(maxsize=None)
+def check_traced_functions_compare_tensors():
+    """Raise TensorFlowStateError unless `tensor == value` compares values in a tf.function.
+
+    tfc.GDN branches on `self.alpha == 1` while tracing. When TensorFlow 2.14 is first
+    imported inside absl's app.run main (not before it, not while it parses flags), traced
+    functions see a graph as their outer context and that test is an identity test: False.
+    GDN then drops its absolute value and the transforms compute garbage without any error
+    (pipeline/cli.py, _load_tensorflow_before_absl_init_ends). Checked once per process.
+    """
+    compares = tf.function(tf.autograph.experimental.do_not_convert(
+        lambda: tf.constant(isinstance(tf.constant(1.0) == 1.0, tf.Tensor))))()
+    if not bool(compares):
+        raise TensorFlowStateError(
+            "TensorFlow was first imported inside absl's app.run main, where its traced "
+            "functions compute wrong results: import tensorflow before app.run (or in its "
+            "flags parser)")
+
+
 def conv(filters, stride="1", activation=None, name=None, transposed=False, kernel=KERNEL):
     """One `SignalConv2D` with a kernel x kernel support.
 

@@ -18,8 +18,8 @@ from models import tiling
 from models.config import DOWNSAMPLING
 from models.entropy import make_entropy_model
 from models.entropy.coding import tables_digest
-from models.layers import (AnalysisTransform, PredictionTransform, SynthesisTransform, crop_to,
-                           set_kernels_frozen)
+from models.layers import (AnalysisTransform, PredictionTransform, SynthesisTransform,
+                           check_traced_functions_compare_tensors, crop_to, set_kernels_frozen)
 
 # Images are padded to this multiple before coding.
 PAD_MULTIPLE = DOWNSAMPLING
@@ -48,6 +48,7 @@ class ScalableModel(tf.keras.Model):
 
     def __init__(self, config):
         super().__init__(name=f"{config.mode}_model")
+        check_traced_functions_compare_tensors()
         self.config = config
         names, filters = config.layer_names, config.filters
         self.analysis = [AnalysisTransform(f, name=f"analysis_{n}")

@@ -58,10 +58,17 @@ def write_spatial_tfrecords(path, seeds, size=64, value_range=(0, 255)):
     return str(path)
 
 
+# What importing TensorFlow writes into its process's environment. A child that inherits
+# TF2_BEHAVIOR=1 starts eager from the first line of TensorFlow's import, which hides what a
+# user's shell shows (pipeline/cli.py, _load_tensorflow_before_absl_init_ends).
+TENSORFLOW_SET_ENV = ("TF2_BEHAVIOR", "TPU_ML_PLATFORM")
+
+
 def with_repo_path(environ):
     """A copy of `environ` whose PYTHONPATH starts with the repository root: a subprocess
-    (a helper under tests/, python -c) imports the repo's packages without sys.path edits."""
-    env = dict(environ)
+    (a helper under tests/, python -c) imports the repo's packages without sys.path edits.
+    The variables TensorFlow's import set in this process are left out, as in a new shell."""
+    env = {name: value for name, value in environ.items() if name not in TENSORFLOW_SET_ENV}
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     return env
 

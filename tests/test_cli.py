@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from PIL import Image
 
 import run_scripts
 from codec import bitstream
-from helpers import describe, finish, run_script_in_process, smooth_image, start_script
+from helpers import (ROOT, describe, finish, run_script_in_process, smooth_image, start_script,
+                     with_repo_path)
 
 SCRIPTS = ["train_quality.py", "train_spatial.py", "eval_quality.py", "eval_spatial.py",
            "create_tfrecords.py"]
@@ -318,6 +320,39 @@ def test_help_of_every_script():
         result = _run_in_process(script, ["--help"])
         assert result.returncode == 0, describe(result)
         assert "usage:" in result.stdout and "--" in result.stdout, script
+
+
+_TENSORFLOW_IN_MAIN = """
+import sys
+from absl import app
+from pipeline import cli
+
+def main(args):
+    from models.layers import TensorFlowStateError, check_traced_functions_compare_tensors
+    try:
+        check_traced_functions_compare_tensors()
+        print("traced functions compare tensors")
+    except TensorFlowStateError as error:
+        print(error)
+
+if sys.argv[1] == "cli.run":
+    cli.run(main, app.parse_flags_with_usage, ())
+else:
+    app.run(main)
+"""
+
+
+@pytest.mark.parametrize("runner, printed", [
+    ("cli.run", "traced functions compare tensors"),
+    ("app.run", "TensorFlow was first imported inside absl's app.run main")])
+def test_tensorflow_loaded_by_cli_run_keeps_traced_comparisons(runner, printed):
+    """A main that first imports TensorFlow works under cli.run; under a bare absl app.run,
+    TensorFlow 2.14 traces `tensor == 1` as False and building a model says so."""
+    result = subprocess.run([sys.executable, "-c", _TENSORFLOW_IN_MAIN, runner],
+                            cwd=ROOT, env=with_repo_path(os.environ), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, describe(result)
+    assert printed in result.stdout, describe(result)
 
 
 def test_library_errors_name_fields_and_the_cli_shows_flags():
