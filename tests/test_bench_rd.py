@@ -133,6 +133,9 @@ def test_aggregate_writes_schema_json_plots_and_bd_table(tmp_path):
     rows = report.bd_rows("Ours-simulcast", {d["name"]: d for d in made.values()}, ["Ours-scalable"])
     assert rows[0]["bd_rate"] < 0
     assert "Spatial" in table
+    # Each side's steps beside the comparisons with the single-layer models.
+    assert "single-layer models: 3 steps, as the scalable model" in table
+    assert "3 steps, as the scalable model" in single["description"]
     json.dumps(made)  # JSON-serialisable
     # The synthetic eval_bpp is 2 % under actual_bpp for every layer of every model.
     with open(os.path.join(out, "estimated_bits.json")) as f:
@@ -142,6 +145,14 @@ def test_aggregate_writes_schema_json_plots_and_bd_table(tmp_path):
     assert all(r["file"]["mean"] == pytest.approx(-0.02) for r in estimates)
     assert all(r["payload"] is None for r in estimates)  # written before payload_bpp
     assert "| Ours-scalable | B | n/a | -2.00 / -2.00 |" in table
+
+
+def test_aggregate_states_different_steps_beside_the_single_layer_comparisons(tmp_path):
+    config = dict(filters=[8, 8, 8, 8], lmbdas=[250, 100, 50, 25], steps=50, single_steps=25)
+    made = report.aggregate(str(tmp_path), _curves_for_aggregate(tmp_path).get, 4, 3, config)
+    table = open(os.path.join(str(tmp_path), "bd_table.md")).read()
+    assert "single-layer models: 25 steps (the scalable model: 50)" in table
+    assert "25 steps (the scalable model: 50)" in made["single_layer"]["description"]
 
 
 def test_estimate_rows_mean_and_worst_against_payload_and_file():

@@ -33,7 +33,10 @@ PROFILES = {
     # images: README, "Shipped models"); batch 2 keeps the pixels per step of 8 x 256. The
     # crops come at random from whole photos of at least 512 pixels (79 of the 148). The shipped
     # spatial run stopped at 22000 steps (its rate lowered to 2e-4 after a NaN at step 3791 of
-    # 5e-4, README "Shipped models").
+    # 5e-4, README "Shipped models"). The shipped quality and spatial models were then
+    # continued to 50000 and 45000 steps with docs/training-recipe.md's recipe: evaluate them
+    # with --models pretrained --steps 50000 --spatial_steps 45000 --single_steps 25000, so
+    # that the tables state each side's steps.
     "ship": dict(filters=[48, 48, 64, 64], lmbdas=[250.0, 100.0, 50.0, 25.0], patchsize=128,
                  batchsize=8, steps=25000, learning_rate=5e-4,
                  spatial_filters=[48, 48, 48], spatial_lmbdas=[400.0, 300.0, 200.0],

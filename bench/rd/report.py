@@ -100,6 +100,14 @@ def _doc(name, points, description, scalable, **extra):
                                  scalable=scalable, **extra)
 
 
+def _single_steps(config: Mapping) -> str:
+    """The single-layer models' steps, and whether the scalable model had as many."""
+    single, scalable = config.get("single_steps", config.get("steps")), config.get("steps")
+    if single == scalable:
+        return f"{single} steps, as the scalable model"
+    return f"{single} steps (the scalable model: {scalable})"
+
+
 def aggregate(out: str, load, num_layers: int, num_levels: int, config: Mapping) -> Dict:
     """Builds every curve from the per-image results (``load(name)`` -> results document or
     None), writes JSON, plots and bd_table.md into ``out``; returns {file stem: doc}."""
@@ -120,9 +128,9 @@ def aggregate(out: str, load, num_layers: int, num_levels: int, config: Mapping)
     if all(s is not None for s in singles):
         sp = single_layer_points(singles)
         docs["single_layer"] = _doc(
-            "Ours-single-layer", average_points(sp), "one single-layer model per lambda (same filters, "
-            f"lambda, data and steps as the scalable model's layer); mean over {len(sp)} images",
-            False)
+            "Ours-single-layer", average_points(sp), "one single-layer model per lambda (the "
+            f"filters and lambda of the scalable model's layer), {_single_steps(config)}; mean "
+            f"over {len(sp)} images", False)
         docs["simulcast"] = _doc(
             "Ours-simulcast", average_points(simulcast_points(sp)), "rate of point k = sum of the "
             f"single-layer rates 1..k per image; mean over {len(sp)} images", True)
@@ -185,9 +193,11 @@ def aggregate(out: str, load, num_layers: int, num_levels: int, config: Mapping)
         ref_tests = [n for n in ("Ours-scalable",) if n in quality_curves]
         for ref in ("Ours-single-layer", "Ours-simulcast", "JPEG2000-layered", *field_names):
             if ref in quality_curves:
+                steps = (f"; single-layer models: {_single_steps(config)}"
+                         if ref in ("Ours-single-layer", "Ours-simulcast") else "")
                 sections.append(format_bd_section(
                     f"Quality: scalable model against {ref} (positive BD-rate = cost of the "
-                    "scalable model in extra bits)", ref, quality_curves, ref_tests))
+                    f"scalable model in extra bits{steps})", ref, quality_curves, ref_tests))
 
     # spatial
     spatial = load("spatial")
