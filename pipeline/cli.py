@@ -97,7 +97,7 @@ def run(main, parse_args, errors, needs_tensorflow=lambda args: True):
     """Run an absl main; the given error types become one 'error: ...' line and exit 1.
 
     TensorFlow loads once the flags are parsed (so `--help` and flag errors are instant) but
-    still inside absl's start-up, where it must: see _parse_then_load_tensorflow.
+    still inside absl's start-up, where it must (_load_tensorflow_before_absl_init_ends).
     needs_tensorflow(args) False skips it (commands that never run a model).
     """
     def parse(argv):
